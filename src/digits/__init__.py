@@ -1,0 +1,1 @@
+"""digits: MNIST as a reproducible DVC pipeline of PyTorch stages, tracked in MLflow."""

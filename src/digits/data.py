@@ -1,0 +1,129 @@
+"""Datasets as whole tensors: IDX loading, stratified splits, batches by permuted indexing, batched augmentation."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from digits import files, idx
+from digits.errors import UserError
+
+
+class DataError(UserError, ValueError):
+    """Data on disk is missing, unreadable or inconsistent."""
+
+
+@dataclass(frozen=True)
+class Split:
+    images: torch.Tensor  # uint8 [N, 28, 28]
+    labels: torch.Tensor  # int64 [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def read_idx_pair(images_path: Path, labels_path: Path) -> Split:
+    """Read an images/labels IDX pair and check they belong together."""
+    try:
+        images = idx.decode(images_path.read_bytes(), str(images_path))
+        labels = idx.decode(labels_path.read_bytes(), str(labels_path))
+    except OSError as exc:
+        raise DataError(f"cannot read MNIST data: {exc}") from None
+    if images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise DataError(f"{images_path}: expected N×28×28 images, got shape {images.shape}")
+    if labels.ndim != 1 or len(labels) != len(images):
+        raise DataError(f"{labels_path}: {labels.shape} labels for {len(images)} images")
+    if labels.max(initial=0) > 9:
+        raise DataError(f"{labels_path}: label {labels.max()} outside 0..9")
+    return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
+
+
+def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices so each class keeps its share: returns (rest, taken) with ~``fraction`` taken."""
+    rng = np.random.default_rng(seed)
+    taken = []
+    for cls in np.unique(labels):
+        members = np.flatnonzero(labels == cls)
+        rng.shuffle(members)
+        taken.append(members[: max(1, round(len(members) * fraction))])
+    taken_idx = np.sort(np.concatenate(taken))
+    rest_idx = np.setdiff1d(np.arange(len(labels)), taken_idx, assume_unique=True)
+    return rest_idx, taken_idx
+
+
+def subset(split: Split, limit: int | None, seed: int) -> Split:
+    """A stratified subset of at most ``limit`` samples (the small-data mode for tests and smoke runs)."""
+    if limit is None or limit >= len(split):
+        return split
+    _, keep = stratified_indices(split.labels.numpy(), limit / len(split), seed)
+    return Split(split.images[keep], split.labels[keep])
+
+
+def save_split(path: Path, split: Split) -> None:
+    with files.atomic_path(path) as tmp:
+        torch.save({"images": split.images.contiguous(), "labels": split.labels.contiguous()}, tmp)
+
+
+def load_split(path: str | Path) -> Split:
+    """Load a processed split (weights_only: tensors only, no code runs on load)."""
+    path = Path(path)
+    try:
+        blob = torch.load(path, weights_only=True)
+        images, labels = blob["images"], blob["labels"]
+    except FileNotFoundError:
+        raise DataError(f"{path}: not found; run the preprocess stage (dvc repro preprocess)") from None
+    except Exception as exc:  # torch raises many types for corrupt files
+        raise DataError(f"{path}: unreadable or corrupted processed data ({type(exc).__name__}: {exc})") from None
+    if images.dtype != torch.uint8 or images.ndim != 3 or labels.dtype != torch.int64 or len(images) != len(labels):
+        raise DataError(f"{path}: unexpected contents {images.dtype}{tuple(images.shape)} / {labels.dtype}")
+    return Split(images, labels)
+
+
+def to_device(split: Split, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move a split to ``device`` once: images as float [N, 1, 28, 28] in [0, 1], labels int64."""
+    x = split.images.to(device).unsqueeze(1).float().div_(255.0)
+    return x, split.labels.to(device)
+
+
+def batches(
+    x: torch.Tensor, y: torch.Tensor, batch_size: int, generator: torch.Generator | None = None
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Yield batches by indexing whole tensors; shuffled when a generator is given."""
+    n = len(y)
+    order = torch.randperm(n, generator=generator, device=generator.device) if generator is not None else None
+    for start in range(0, n, batch_size):
+        if order is None:
+            yield x[start : start + batch_size], y[start : start + batch_size]
+        else:
+            sel = order[start : start + batch_size]
+            yield x[sel], y[sel]
+
+
+def augment(
+    x: torch.Tensor, rotation_deg: float, zoom: float, shift: float, generator: torch.Generator
+) -> torch.Tensor:
+    """Random rotation (±deg), zoom (±fraction) and shift (±fraction of the side) for a whole batch at once.
+
+    One affine grid per sample, sampled bilinearly with zero (background) padding.
+    """
+    if rotation_deg == 0 and zoom == 0 and shift == 0:
+        return x
+    n = x.shape[0]
+
+    def uniform(half_width: float) -> torch.Tensor:
+        r = torch.rand(n, generator=generator, device=x.device, dtype=x.dtype)
+        return (r * 2 - 1) * half_width
+
+    angle = uniform(math.radians(rotation_deg))
+    scale = 1 + uniform(zoom)
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    tx, ty = uniform(2 * shift), uniform(2 * shift)  # grid coordinates span [-1, 1]
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

@@ -1,0 +1,148 @@
+"""Optimizers, LR schedules, the training loop, batched inference and checkpoints."""
+
+from __future__ import annotations
+
+import copy
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from digits import data, files, models
+from digits.params import TrainParams
+
+
+@dataclass
+class Epoch:
+    epoch: int
+    train_loss: float
+    train_accuracy: float
+    val_loss: float
+    val_accuracy: float
+    lr: float
+    seconds: float
+
+
+@dataclass
+class FitResult:
+    history: list[Epoch]
+    best_epoch: int
+    best_state: dict[str, torch.Tensor]
+    stopped_early: bool
+
+    @property
+    def best(self) -> Epoch:
+        return self.history[self.best_epoch - 1]
+
+
+def make_optimizer(p: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
+    if p.optimizer == "sgd":
+        return torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, nesterov=p.momentum > 0,
+                               weight_decay=p.weight_decay)
+    cls = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
+    return cls(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+
+
+def make_scheduler(p: TrainParams, opt: torch.optim.Optimizer, steps_per_epoch: int):
+    """Returns (scheduler or None, whether it steps per batch)."""
+    total = p.epochs * steps_per_epoch
+    if p.scheduler == "onecycle":
+        return torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=p.lr, total_steps=total), True
+    if p.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=total), True
+    if p.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(opt, step_size=p.step_size, gamma=p.gamma), False
+    if p.scheduler == "plateau":
+        return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=p.gamma, patience=p.plateau_patience), False
+    return None, False
+
+
+@torch.inference_mode()
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+    model.eval()
+    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096):
+    logits = predict_logits(model, x, batch_size)
+    return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def fit(
+    model: nn.Module,
+    train: tuple[torch.Tensor, torch.Tensor],
+    val: tuple[torch.Tensor, torch.Tensor],
+    p: TrainParams,
+    on_epoch: Callable[[Epoch], None] = lambda e: None,
+) -> FitResult:
+    """Train with the recipe in ``p``; keep the weights of the best epoch by validation accuracy."""
+    x, y = train
+    gen = torch.Generator(device=x.device).manual_seed(p.seed)
+    steps = -(-len(y) // p.batch_size)
+    opt = make_optimizer(p, model)
+    sched, per_batch = make_scheduler(p, opt, steps)
+    aug = p.augment
+    history: list[Epoch] = []
+    best_epoch, best_key, best_state, stopped_early = 0, (-1.0, 0.0), {}, False
+    for epoch in range(1, p.epochs + 1):
+        model.train()
+        start, loss_sum, correct = time.perf_counter(), torch.zeros((), device=x.device), 0
+        lr = opt.param_groups[0]["lr"]
+        bar = tqdm(data.batches(x, y, p.batch_size, gen), total=steps, desc=f"epoch {epoch}/{p.epochs}",
+                   leave=False, disable=not sys.stderr.isatty())
+        for xb, yb in bar:
+            xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, gen)
+            logits = model(xb)
+            loss = F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            if per_batch:
+                sched.step()
+            loss_sum += loss.detach() * len(yb)
+            correct += (logits.argmax(1) == yb).sum()
+        val_loss, val_acc = loss_and_accuracy(model, *val)
+        if sched is not None and not per_batch:
+            sched.step(val_loss) if p.scheduler == "plateau" else sched.step()
+        e = Epoch(epoch, loss_sum.item() / len(y), int(correct) / len(y), val_loss, val_acc, lr,
+                  time.perf_counter() - start)
+        history.append(e)
+        on_epoch(e)
+        if (val_acc, -val_loss) > best_key:
+            best_epoch, best_key, best_state = epoch, (val_acc, -val_loss), copy.deepcopy(model.state_dict())
+        elif p.early_stopping_patience and epoch - best_epoch >= p.early_stopping_patience:
+            stopped_early = True
+            break
+    model.load_state_dict(best_state)
+    return FitResult(history, best_epoch, best_state, stopped_early)
+
+
+def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
+    """state_dict + everything needed to rebuild the model (name, architecture kwargs) + provenance."""
+    with files.atomic_path(path) as tmp:
+        torch.save({"state_dict": model.state_dict(), **meta}, tmp)
+
+
+def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a model from a checkpoint written by ``save_checkpoint`` (weights_only: no code runs on load)."""
+    try:
+        ckpt = torch.load(path, map_location=device, weights_only=True)
+        state = ckpt.pop("state_dict")
+        model = models.build(ckpt["model"], mean=0.0, std=1.0, **ckpt["model_kwargs"])
+        model.load_state_dict(state)
+    except FileNotFoundError:
+        raise data.DataError(f"{path}: no checkpoint; run the train stage first") from None
+    except Exception as exc:
+        raise data.DataError(f"{path}: not a usable checkpoint ({type(exc).__name__}: {exc})") from None
+    return model.to(device).eval(), ckpt
+
+
+def epoch_rows(history: list[Epoch]) -> list[dict[str, Any]]:
+    return [asdict(e) for e in history]

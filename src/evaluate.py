@@ -1,0 +1,51 @@
+"""Stage evaluate: test-set loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
+
+Writes METRICS_DIR/evaluate.json, METRICS_DIR/plots/confusion.csv (DVC `confusion` plot data: one row per
+test image) and FIG_DIR/confusion_matrix.png, and adds them to the MLflow run of the train stage.
+"""
+
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+
+from digits import data, device, figures, files, metrics, params, stage, tracking, training
+
+
+def main() -> None:
+    ap = stage.parser(__doc__)
+    for name in ("model_dir", "test_file", "metrics_dir", "fig_dir"):
+        ap.add_argument(name)
+    args = ap.parse_args()
+    p = params.load(args.params).evaluate
+    model_dir, metrics_dir, fig_path = Path(args.model_dir), Path(args.metrics_dir), Path(args.fig_dir)
+
+    run_info = json.loads((model_dir / "run.json").read_text())
+    test = data.load_split(args.test_file)
+    dev = device.select("auto")
+    model, _ = training.load_checkpoint(model_dir / "model.pt", dev)
+    x, y = data.to_device(test, dev)
+    logits = training.predict_logits(model, x, p.batch_size).float().cpu()
+    pred = logits.argmax(1)
+
+    result = metrics.classification(logits, test.labels)
+    cm = metrics.confusion(test.labels, pred)
+    files.write_json(metrics_dir / "evaluate.json", result)
+    files.write_csv(metrics_dir / "plots" / "confusion.csv",
+                    [{"actual": int(a), "predicted": int(b)} for a, b in zip(test.labels, pred, strict=True)])
+    figures.confusion_matrix(cm, fig_path / "confusion_matrix.png")
+    print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_errors']} errors of {len(test)}), "
+          f"loss {result['test_loss']:.4f}")
+
+    with tracking.resume_run(run_info["run_id"]):
+        mlflow.log_metrics({k: result[k] for k in ("test_loss", "test_accuracy", "test_errors")})
+        mlflow.log_metrics({f"test_macro_{k.replace('-score', '')}": v for k, v in result["macro_avg"].items()})
+        mlflow.log_dict(result, "metrics/evaluate.json")
+        mlflow.log_dict({"confusion_matrix": cm.tolist()}, "metrics/confusion_matrix.json")
+        mlflow.log_artifact(str(fig_path / "confusion_matrix.png"), "figures")
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    stage.run(main)

@@ -1,0 +1,92 @@
+"""Stage train: fit the model described by params `train`, keeping the best epoch by validation accuracy.
+
+Writes MODEL_DIR/model.pt (state_dict + metadata), MODEL_DIR/run.json (MLflow run + run identity),
+METRICS_DIR/train.json, METRICS_DIR/plots/train_curves.csv and FIG_DIR/training_curves.png.
+Everything is logged to one MLflow run, which the evaluate and report stages continue.
+"""
+
+import json
+from pathlib import Path
+
+import mlflow
+import torch
+
+from digits import data, device, figures, files, models, params, stage, tracking, training
+
+
+def flat(d: dict, prefix: str = "") -> dict[str, object]:
+    out = {}
+    for k, v in d.items():
+        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def main() -> None:
+    ap = stage.parser(__doc__)
+    for name in ("data_dir", "model_dir", "metrics_dir", "fig_dir"):
+        ap.add_argument(name)
+    args = ap.parse_args()
+    p = params.load(args.params).train
+    data_dir, model_dir, metrics_dir = Path(args.data_dir), Path(args.model_dir), Path(args.metrics_dir)
+
+    stats = json.loads((data_dir / "stats.json").read_text())
+    train_split, val_split = data.load_split(data_dir / "train.pt"), data.load_split(data_dir / "val.pt")
+    dev = device.select(p.device)
+    device.configure(dev, p.seed, p.deterministic)
+    model = models.build(p.model, stats["mean"], stats["std"], **models.architecture_kwargs(p.model, p)).to(dev)
+    train_xy, val_xy = data.to_device(train_split, dev), data.to_device(val_split, dev)
+    n_params = models.count_parameters(model)
+    print(f"{p.model}: {n_params:,} parameters on {device.describe(dev)}; "
+          f"{len(train_split)} train / {len(val_split)} val images")
+
+    md5_tags = {f"data_md5.{k}": v for k, v in stats["raw_md5"].items()}
+    with tracking.start_run("train", tags={"device": device.describe(dev), **md5_tags}) as run:
+        mlflow.log_params({**flat(p.model_dump()), "n_parameters": n_params, "device": device.describe(dev),
+                           "train_size": len(train_split), "val_size": len(val_split)})
+
+        def on_epoch(e: training.Epoch) -> None:
+            print(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  acc {e.train_accuracy:.4f}  "
+                  f"val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.4f}  lr {e.lr:.2e}  {e.seconds:.1f}s",
+                  flush=True)
+            mlflow.log_metrics({k: v for k, v in vars(e).items() if k != "epoch"}, step=e.epoch)
+
+        result = training.fit(model, train_xy, val_xy, p, on_epoch)
+        best = result.best
+        seconds = sum(e.seconds for e in result.history)
+        print(f"best epoch {best.epoch}: val_acc {best.val_accuracy:.4f}"
+              + (" (early stop)" if result.stopped_early else ""))
+
+        meta = {"model": p.model, "model_kwargs": models.architecture_kwargs(p.model, p), "epoch": best.epoch,
+                "val_accuracy": best.val_accuracy, "params": p.model_dump()}
+        training.save_checkpoint(model_dir / "model.pt", model, meta)
+        rows = training.epoch_rows(result.history)
+        files.write_csv(metrics_dir / "plots" / "train_curves.csv", rows)
+        figures.training_curves(rows, Path(args.fig_dir) / "training_curves.png")
+        metrics = {"best_epoch": best.epoch, "val_accuracy": best.val_accuracy, "val_loss": best.val_loss,
+                   "train_accuracy": best.train_accuracy, "train_loss": best.train_loss,
+                   "epochs_run": len(result.history), "train_seconds": round(seconds, 2),
+                   "train_images_per_second": round(len(train_split) * len(result.history) / seconds),
+                   "n_parameters": n_params}
+        files.write_json(metrics_dir / "train.json", metrics)
+        mlflow.log_metrics({f"best_{k}": v for k, v in metrics.items() if k != "n_parameters"})
+        mlflow.log_artifact(str(Path(args.fig_dir) / "training_curves.png"), "figures")
+
+        example = val_xy[0][:4].cpu()
+        model.cpu().eval()
+        with torch.inference_mode():
+            signature = mlflow.models.infer_signature(example.numpy(), model(example).numpy())
+        mlflow.pytorch.log_model(
+            model, name="model", signature=signature, input_example=example.numpy(),
+            code_paths=[str(Path(models.__file__).parent)],
+            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+        )
+        files.write_json(model_dir / "run.json", {
+            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
+            "tracking_uri": tracking.tracking_uri(), "device": device.describe(dev),
+            "tags": tracking.identity(), "params": p.model_dump(), "data_md5": stats["raw_md5"],
+            "data_sizes": stats["sizes"],
+        })
+
+
+if __name__ == "__main__":
+    stage.run(main)
