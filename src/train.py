@@ -46,13 +46,13 @@ def main() -> None:
 
         def on_epoch(e: training.Epoch) -> None:
             print(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  acc {e.train_accuracy:.4f}  "
-                  f"val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.4f}  lr {e.lr:.2e}  {e.seconds:.1f}s",
+                  f"val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.4f}  lr {e.lr:.2e}  {e.epoch_seconds:.1f}s",
                   flush=True)
             mlflow.log_metrics({k: v for k, v in vars(e).items() if k != "epoch"}, step=e.epoch)
 
         result = training.fit(model, train_xy, val_xy, p, on_epoch)
         best = result.best
-        seconds = sum(e.seconds for e in result.history)
+        seconds = sum(e.epoch_seconds for e in result.history)
         print(f"best epoch {best.epoch}: val_acc {best.val_accuracy:.4f}"
               + (" (early stop)" if result.stopped_early else ""))
 
@@ -68,7 +68,9 @@ def main() -> None:
                    "train_images_per_second": round(len(train_split) * len(result.history) / seconds),
                    "n_parameters": n_params}
         files.write_json(metrics_dir / "train.json", metrics)
-        mlflow.log_metrics({f"best_{k}": v for k, v in metrics.items() if k != "n_parameters"})
+        mlflow.log_metrics({"best_epoch": best.epoch, "best_val_accuracy": best.val_accuracy,
+                            "best_val_loss": best.val_loss, **{k: metrics[k] for k in (
+                                "epochs_run", "train_seconds", "train_images_per_second")}})
         mlflow.log_artifact(str(Path(args.fig_dir) / "training_curves.png"), "figures")
 
         example = val_xy[0][:4].cpu()

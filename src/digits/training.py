@@ -27,7 +27,7 @@ class Epoch:
     val_loss: float
     val_accuracy: float
     lr: float
-    seconds: float
+    epoch_seconds: float
 
 
 @dataclass
