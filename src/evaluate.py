@@ -32,11 +32,15 @@ def main() -> None:
     result = metrics.classification(logits, test.labels)
     cm = metrics.confusion(test.labels, pred)
     files.write_json(metrics_dir / "evaluate.json", result)
-    files.write_csv(metrics_dir / "plots" / "confusion.csv",
-                    [{"actual": int(a), "predicted": int(b)} for a, b in zip(test.labels, pred, strict=True)])
+    files.write_csv(
+        metrics_dir / "plots" / "confusion.csv",
+        [{"actual": int(a), "predicted": int(b)} for a, b in zip(test.labels, pred, strict=True)],
+    )
     figures.confusion_matrix(cm, fig_path / "confusion_matrix.png")
-    print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_errors']} errors of {len(test)}), "
-          f"loss {result['test_loss']:.4f}")
+    print(
+        f"test accuracy {result['test_accuracy']:.4f} ({result['test_errors']} errors of {len(test)}), "
+        f"loss {result['test_loss']:.4f}"
+    )
 
     with tracking.resume_run(run_info["run_id"]):
         mlflow.log_metrics({k: result[k] for k in ("test_loss", "test_accuracy", "test_errors")})

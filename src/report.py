@@ -21,7 +21,7 @@ def render(title: str, run: dict, train: dict, evaluation: dict, figures: list[P
     tags = run["tags"]
     identity = [
         ["MLflow run", f"`{run['run_id']}` (experiment {run['experiment_id']})"],
-        ["git commit", f"`{tags.get('git_commit', 'unknown')}`" + (" (dirty)" if tags.get("git_dirty") == "true" else "")],
+        ["git commit", f"`{tags.get('git_commit', 'unknown')}`" + (" (dirty)" * (tags.get("git_dirty") == "true"))],
         ["DVC experiment", tags.get("dvc_exp_name", "— (workspace run)")],
         ["device", run["device"]],
         ["data sizes", ", ".join(f"{k} {v}" for k, v in run["data_sizes"].items())],
@@ -29,7 +29,7 @@ def render(title: str, run: dict, train: dict, evaluation: dict, figures: list[P
     ]
     headline = [
         ["test accuracy", f"{evaluation['test_accuracy']:.2%}"],
-        ["test errors", f"{evaluation['test_errors']} of {sum(c['support'] for c in evaluation['per_class'].values()):.0f}"],
+        ["test errors", f"{evaluation['test_errors']} of {run['data_sizes']['test']}"],
         ["test loss", f"{evaluation['test_loss']:.4f}"],
         ["macro F1", f"{evaluation['macro_avg']['f1-score']:.4f}"],
         ["best epoch (by validation accuracy)", f"{train['best_epoch']} of {train['epochs_run']}"],
@@ -37,18 +37,30 @@ def render(title: str, run: dict, train: dict, evaluation: dict, figures: list[P
         ["training time", f"{train['train_seconds']:.1f} s ({train['train_images_per_second']} images/s)"],
         ["parameters", f"{train['n_parameters']:,}"],
     ]
-    per_class = [[d, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1-score']:.4f}", int(c["support"])]
-                 for d, c in evaluation["per_class"].items()]
+    per_class = [
+        [d, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1-score']:.4f}", int(c["support"])]
+        for d, c in evaluation["per_class"].items()
+    ]
     train_params = [[k, f"`{v}`"] for k, v in run["params"].items()]
     figs = "\n\n".join(f"![{f.stem.replace('_', ' ')}]({f.relative_to(out.parent).as_posix()})" for f in figures)
-    return "\n\n".join([
-        f"# {title}",
-        "## Run identity", table(["", ""], identity),
-        "## Headline metrics", table(["metric", "value"], headline),
-        "## Per-class metrics (test set)", table(["digit", "precision", "recall", "F1", "support"], per_class),
-        "## Training parameters", table(["param", "value"], train_params),
-        "## Figures", figs,
-    ]) + "\n"
+    return (
+        "\n\n".join(
+            [
+                f"# {title}",
+                "## Run identity",
+                table(["", ""], identity),
+                "## Headline metrics",
+                table(["metric", "value"], headline),
+                "## Per-class metrics (test set)",
+                table(["digit", "precision", "recall", "F1", "support"], per_class),
+                "## Training parameters",
+                table(["param", "value"], train_params),
+                "## Figures",
+                figs,
+            ]
+        )
+        + "\n"
+    )
 
 
 def main() -> None:

@@ -36,41 +36,70 @@ def main() -> None:
     model = models.build(p.model, stats["mean"], stats["std"], **models.architecture_kwargs(p.model, p)).to(dev)
     train_xy, val_xy = data.to_device(train_split, dev), data.to_device(val_split, dev)
     n_params = models.count_parameters(model)
-    print(f"{p.model}: {n_params:,} parameters on {device.describe(dev)}; "
-          f"{len(train_split)} train / {len(val_split)} val images")
+    print(
+        f"{p.model}: {n_params:,} parameters on {device.describe(dev)}; "
+        f"{len(train_split)} train / {len(val_split)} val images"
+    )
 
     md5_tags = {f"data_md5.{k}": v for k, v in stats["raw_md5"].items()}
     with tracking.start_run("train", tags={"device": device.describe(dev), **md5_tags}) as run:
-        mlflow.log_params({**flat(p.model_dump()), "n_parameters": n_params, "device": device.describe(dev),
-                           "train_size": len(train_split), "val_size": len(val_split)})
+        mlflow.log_params(
+            {
+                **flat(p.model_dump()),
+                "n_parameters": n_params,
+                "device": device.describe(dev),
+                "train_size": len(train_split),
+                "val_size": len(val_split),
+            }
+        )
 
         def on_epoch(e: training.Epoch) -> None:
-            print(f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  acc {e.train_accuracy:.4f}  "
-                  f"val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.4f}  lr {e.lr:.2e}  {e.epoch_seconds:.1f}s",
-                  flush=True)
+            print(
+                f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  acc {e.train_accuracy:.4f}  "
+                f"val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.4f}  lr {e.lr:.2e}  {e.epoch_seconds:.1f}s",
+                flush=True,
+            )
             mlflow.log_metrics({k: v for k, v in vars(e).items() if k != "epoch"}, step=e.epoch)
 
         result = training.fit(model, train_xy, val_xy, p, on_epoch)
         best = result.best
         seconds = sum(e.epoch_seconds for e in result.history)
-        print(f"best epoch {best.epoch}: val_acc {best.val_accuracy:.4f}"
-              + (" (early stop)" if result.stopped_early else ""))
+        print(
+            f"best epoch {best.epoch}: val_acc {best.val_accuracy:.4f}"
+            + (" (early stop)" if result.stopped_early else "")
+        )
 
-        meta = {"model": p.model, "model_kwargs": models.architecture_kwargs(p.model, p), "epoch": best.epoch,
-                "val_accuracy": best.val_accuracy, "params": p.model_dump()}
+        meta = {
+            "model": p.model,
+            "model_kwargs": models.architecture_kwargs(p.model, p),
+            "epoch": best.epoch,
+            "val_accuracy": best.val_accuracy,
+            "params": p.model_dump(),
+        }
         training.save_checkpoint(model_dir / "model.pt", model, meta)
         rows = training.epoch_rows(result.history)
         files.write_csv(metrics_dir / "plots" / "train_curves.csv", rows)
         figures.training_curves(rows, Path(args.fig_dir) / "training_curves.png")
-        metrics = {"best_epoch": best.epoch, "val_accuracy": best.val_accuracy, "val_loss": best.val_loss,
-                   "train_accuracy": best.train_accuracy, "train_loss": best.train_loss,
-                   "epochs_run": len(result.history), "train_seconds": round(seconds, 2),
-                   "train_images_per_second": round(len(train_split) * len(result.history) / seconds),
-                   "n_parameters": n_params}
+        metrics = {
+            "best_epoch": best.epoch,
+            "val_accuracy": best.val_accuracy,
+            "val_loss": best.val_loss,
+            "train_accuracy": best.train_accuracy,
+            "train_loss": best.train_loss,
+            "epochs_run": len(result.history),
+            "train_seconds": round(seconds, 2),
+            "train_images_per_second": round(len(train_split) * len(result.history) / seconds),
+            "n_parameters": n_params,
+        }
         files.write_json(metrics_dir / "train.json", metrics)
-        mlflow.log_metrics({"best_epoch": best.epoch, "best_val_accuracy": best.val_accuracy,
-                            "best_val_loss": best.val_loss, **{k: metrics[k] for k in (
-                                "epochs_run", "train_seconds", "train_images_per_second")}})
+        mlflow.log_metrics(
+            {
+                "best_epoch": best.epoch,
+                "best_val_accuracy": best.val_accuracy,
+                "best_val_loss": best.val_loss,
+                **{k: metrics[k] for k in ("epochs_run", "train_seconds", "train_images_per_second")},
+            }
+        )
         mlflow.log_artifact(str(Path(args.fig_dir) / "training_curves.png"), "figures")
 
         example = val_xy[0][:4].cpu()
@@ -78,16 +107,26 @@ def main() -> None:
         with torch.inference_mode():
             signature = mlflow.models.infer_signature(example.numpy(), model(example).numpy())
         mlflow.pytorch.log_model(
-            model, name="model", signature=signature, input_example=example.numpy(),
+            model,
+            name="model",
+            signature=signature,
+            input_example=example.numpy(),
             code_paths=[str(Path(models.__file__).parent)],
             pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
         )
-        files.write_json(model_dir / "run.json", {
-            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id,
-            "tracking_uri": tracking.tracking_uri(), "device": device.describe(dev),
-            "tags": tracking.identity(), "params": p.model_dump(), "data_md5": stats["raw_md5"],
-            "data_sizes": stats["sizes"],
-        })
+        files.write_json(
+            model_dir / "run.json",
+            {
+                "run_id": run.info.run_id,
+                "experiment_id": run.info.experiment_id,
+                "tracking_uri": tracking.tracking_uri(),
+                "device": device.describe(dev),
+                "tags": tracking.identity(),
+                "params": p.model_dump(),
+                "data_md5": stats["raw_md5"],
+                "data_sizes": stats["sizes"],
+            },
+        )
 
 
 if __name__ == "__main__":

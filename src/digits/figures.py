@@ -25,8 +25,13 @@ def class_distribution(counts: dict[str, list[int]], path: str | Path) -> None:
     width = 0.8 / len(counts)
     for i, (split, c) in enumerate(counts.items()):
         ax.bar(np.arange(10) + i * width, c, width, label=f"{split} ({sum(c)})")
-    ax.set(xticks=np.arange(10) + 0.4 - width / 2, xticklabels=range(10), xlabel="digit", ylabel="samples",
-           title="Class distribution")
+    ax.set(
+        xticks=np.arange(10) + 0.4 - width / 2,
+        xticklabels=range(10),
+        xlabel="digit",
+        ylabel="samples",
+        title="Class distribution",
+    )
     ax.legend()
     save(fig, path)
 
@@ -69,7 +74,14 @@ def confusion_matrix(cm: np.ndarray, path: str | Path) -> None:
             for j in range(10):
                 value = mat[i, j]
                 if value:
-                    ax.text(j, i, format(value, fmt).lstrip("0") if fmt != "d" else value, ha="center",
-                            va="center", fontsize=7, color="white" if i == j else "black")
+                    ax.text(
+                        j,
+                        i,
+                        format(value, fmt).lstrip("0") if fmt != "d" else value,
+                        ha="center",
+                        va="center",
+                        fontsize=7,
+                        color="white" if i == j else "black",
+                    )
         ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="actual", title=title)
     save(fig, path)

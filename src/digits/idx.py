@@ -36,7 +36,5 @@ def decode(data: bytes, name: str = "<bytes>") -> np.ndarray:
     shape = struct.unpack(f">{ndim}I", data[4:header_len])
     expected = int(np.prod(shape, dtype=np.int64))
     if len(data) - header_len != expected:
-        raise IDXError(
-            f"{name}: header promises {expected} bytes for shape {shape}, file has {len(data) - header_len}"
-        )
+        raise IDXError(f"{name}: header promises {expected} bytes for shape {shape}, file has {len(data) - header_len}")
     return np.frombuffer(data, dtype=np.uint8, offset=header_len).reshape(shape)

@@ -75,8 +75,9 @@ def identity() -> dict[str, str]:
 def start_run(run_name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
     """Start a new run in the project experiment, tagged with ``identity()`` and ``tags``."""
     exp = experiment_id()
-    return mlflow.start_run(experiment_id=exp, run_name=os.environ.get("DVC_EXP_NAME") or run_name,
-                            tags={**identity(), **tags})
+    return mlflow.start_run(
+        experiment_id=exp, run_name=os.environ.get("DVC_EXP_NAME") or run_name, tags={**identity(), **tags}
+    )
 
 
 def resume_run(run_id: str) -> mlflow.ActiveRun:

@@ -44,8 +44,9 @@ class FitResult:
 
 def make_optimizer(p: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
     if p.optimizer == "sgd":
-        return torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum, nesterov=p.momentum > 0,
-                               weight_decay=p.weight_decay)
+        return torch.optim.SGD(
+            model.parameters(), lr=p.lr, momentum=p.momentum, nesterov=p.momentum > 0, weight_decay=p.weight_decay
+        )
     cls = torch.optim.AdamW if p.optimizer == "adamw" else torch.optim.Adam
     return cls(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
 
@@ -95,8 +96,13 @@ def fit(
         model.train()
         start, loss_sum, correct = time.perf_counter(), torch.zeros((), device=x.device), 0
         lr = opt.param_groups[0]["lr"]
-        bar = tqdm(data.batches(x, y, p.batch_size, gen), total=steps, desc=f"epoch {epoch}/{p.epochs}",
-                   leave=False, disable=not sys.stderr.isatty())
+        bar = tqdm(
+            data.batches(x, y, p.batch_size, gen),
+            total=steps,
+            desc=f"epoch {epoch}/{p.epochs}",
+            leave=False,
+            disable=not sys.stderr.isatty(),
+        )
         for xb, yb in bar:
             xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, gen)
             logits = model(xb)
@@ -111,8 +117,9 @@ def fit(
         val_loss, val_acc = loss_and_accuracy(model, *val)
         if sched is not None and not per_batch:
             sched.step(val_loss) if p.scheduler == "plateau" else sched.step()
-        e = Epoch(epoch, loss_sum.item() / len(y), int(correct) / len(y), val_loss, val_acc, lr,
-                  time.perf_counter() - start)
+        e = Epoch(
+            epoch, loss_sum.item() / len(y), int(correct) / len(y), val_loss, val_acc, lr, time.perf_counter() - start
+        )
         history.append(e)
         on_epoch(e)
         if (val_acc, -val_loss) > best_key:

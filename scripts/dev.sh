@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The project's entry point: sets up .venv (idempotent) and runs a task in it.
+#   bash scripts/dev.sh repro [dvc repro args]   full pipeline on real MNIST
+#   bash scripts/dev.sh test  [pytest args]      the test suite (what CI runs)
+#   bash scripts/dev.sh ui                       MLflow UI on the project's store (PORT=5000)
+#   bash scripts/dev.sh setup                    only create/refresh .venv
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+root=$PWD
+
+setup() {
+    local stamp=.venv/.installed want
+    want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+    if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+        return
+    fi
+    echo "Setting up .venv (first run downloads PyTorch, a few minutes) ..." >&2
+    [[ -x .venv/bin/python ]] || python3 -m venv .venv
+    .venv/bin/python -m pip install --quiet --upgrade pip
+    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    echo "$want" > "$stamp"
+}
+
+task=${1:-}
+shift || true
+case $task in
+    setup) setup ;;
+    repro) setup; PATH="$root/.venv/bin:$PATH" exec dvc repro "$@" ;;
+    test)  setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest "$@" ;;
+    ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "sqlite:///$root/mlflow.db" \
+               --host 127.0.0.1 --port "${PORT:-5000}" ;;
+    *) sed -n '2,7p' "$0" >&2; exit 64 ;;
+esac
