@@ -31,7 +31,9 @@ def main() -> None:
 
     result = metrics.classification(logits, test.labels)
     cm = metrics.confusion(test.labels, pred)
+    per_class = result.pop("per_class")
     files.write_json(metrics_dir / "evaluate.json", result)
+    files.write_csv(metrics_dir / "plots" / "per_class.csv", [{"digit": int(d), **v} for d, v in per_class.items()])
     files.write_csv(
         metrics_dir / "plots" / "confusion.csv",
         [{"actual": int(a), "predicted": int(b)} for a, b in zip(test.labels, pred, strict=True)],
@@ -45,7 +47,7 @@ def main() -> None:
     with tracking.resume_run(run_info["run_id"]):
         mlflow.log_metrics({k: result[k] for k in ("test_loss", "test_accuracy", "test_errors")})
         mlflow.log_metrics({f"test_macro_{k.replace('-score', '')}": v for k, v in result["macro_avg"].items()})
-        mlflow.log_dict(result, "metrics/evaluate.json")
+        mlflow.log_dict({**result, "per_class": per_class}, "metrics/evaluate.json")
         mlflow.log_dict({"confusion_matrix": cm.tolist()}, "metrics/confusion_matrix.json")
         mlflow.log_artifact(str(fig_path / "confusion_matrix.png"), "figures")
 

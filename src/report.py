@@ -4,6 +4,7 @@ Reads the metrics and run record the earlier stages wrote, writes OUT (reports/r
 linked relative to it) and logs it to the run's MLflow record.
 """
 
+import csv
 import json
 from pathlib import Path
 
@@ -76,6 +77,8 @@ def main() -> None:
     run = json.loads((Path(args.model_dir) / "run.json").read_text())
     train = json.loads((metrics_dir / "train.json").read_text())
     evaluation = json.loads((metrics_dir / "evaluate.json").read_text())
+    with open(metrics_dir / "plots" / "per_class.csv") as f:
+        evaluation["per_class"] = {row.pop("digit"): {k: float(v) for k, v in row.items()} for row in csv.DictReader(f)}
     figures = sorted(Path(args.fig_dir).glob("*.png"))
     files.write_text(out, render(p.title, run, train, evaluation, figures, out))
     print(f"wrote {out} ({len(figures)} figures)")

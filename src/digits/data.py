@@ -58,10 +58,20 @@ def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[
 
 
 def subset(split: Split, limit: int | None, seed: int) -> Split:
-    """A stratified subset of at most ``limit`` samples (the small-data mode for tests and smoke runs)."""
+    """A stratified subset of exactly ``limit`` samples (the small-data mode for tests and smoke runs).
+
+    Each class gets its share rounded down; the slots left over go to the largest remainders.
+    """
     if limit is None or limit >= len(split):
         return split
-    _, keep = stratified_indices(split.labels.numpy(), limit / len(split), seed)
+    labels = split.labels.numpy()
+    classes, counts = np.unique(labels, return_counts=True)
+    share = counts * limit / len(labels)
+    quota = np.floor(share).astype(int)
+    quota[np.argsort(quota - share, kind="stable")[: limit - quota.sum()]] += 1
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
+    keep = np.sort(np.concatenate(per_class))
     return Split(split.images[keep], split.labels[keep])
 
 
@@ -80,6 +90,8 @@ def load_split(path: str | Path) -> Split:
         raise DataError(f"{path}: not found; run the preprocess stage (dvc repro preprocess)") from None
     except Exception as exc:  # torch raises many types for corrupt files
         raise DataError(f"{path}: unreadable or corrupted processed data ({type(exc).__name__}: {exc})") from None
+    if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)):
+        raise DataError(f"{path}: expected tensors, got {type(images).__name__} / {type(labels).__name__}")
     if images.dtype != torch.uint8 or images.ndim != 3 or labels.dtype != torch.int64 or len(images) != len(labels):
         raise DataError(f"{path}: unexpected contents {images.dtype}{tuple(images.shape)} / {labels.dtype}")
     return Split(images, labels)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import http.client
 import io
 import pickle
 import subprocess
@@ -95,7 +96,7 @@ class MirrorSource(Source):
         chunks, size = [], 0
         try:
             with urllib.request.urlopen(url, timeout=self.timeout_s) as resp:
-                while chunk := resp.read(1 << 16):
+                while chunk := resp.read1(1 << 16):  # returns as soon as any bytes arrive
                     size += len(chunk)
                     if size > MAX_BYTES:
                         raise SourceError(f"{url}: larger than {MAX_BYTES} bytes")
@@ -106,7 +107,7 @@ class MirrorSource(Source):
                     chunks.append(chunk)
         except urllib.error.HTTPError as exc:
             raise SourceError(f"{url}: HTTP {exc.code} {exc.reason}") from None
-        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
+        except (urllib.error.URLError, http.client.HTTPException, ValueError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
             raise SourceError(f"{url}: {reason or type(exc).__name__}", unreachable=True) from None
         return _gunzip(b"".join(chunks), url)
@@ -120,6 +121,8 @@ class _NumpyOnlyUnpickler(pickle.Unpickler):
         ("numpy._core.multiarray", "_reconstruct"),
         ("numpy", "ndarray"),
         ("numpy", "dtype"),
+        ("numpy.core.numeric", "_frombuffer"),
+        ("numpy._core.numeric", "_frombuffer"),
     }
 
     def find_class(self, module: str, name: str):  # noqa: ANN201 - pickle API

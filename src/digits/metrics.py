@@ -11,7 +11,7 @@ from sklearn.metrics import classification_report, confusion_matrix
 
 
 def classification(logits: torch.Tensor, labels: torch.Tensor) -> dict[str, Any]:
-    """Loss, accuracy, macro/weighted P/R/F1 and per-class P/R/F1/support."""
+    """Headline numbers (loss, accuracy, macro/weighted P/R/F1) and, under ``per_class``, P/R/F1/support by digit."""
     pred = logits.argmax(1).numpy()
     y = labels.numpy()
     report = classification_report(y, pred, labels=list(range(10)), output_dict=True, zero_division=0)

@@ -21,7 +21,7 @@ class Section(BaseModel):
 
 class DownloadParams(Section):
     local_dir: str | None = None
-    mirrors: list[str]
+    mirrors: list[Annotated[str, Field(pattern=r"^https?://\S+$")]]
     registry_mirror: bool = True
     timeout_s: PositiveFloat = 10.0
 

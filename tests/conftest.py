@@ -1,0 +1,126 @@
+"""Shared fixtures. Plain helper functions live in tests/helpers.py."""
+
+from __future__ import annotations
+
+import gzip
+import http.server
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from helpers import make_idx_bytes, make_idx_dataset
+
+
+@dataclass(frozen=True)
+class TinyIDX:
+    """A tiny MNIST-like dataset on disk: ``directory`` holds the four plain IDX files."""
+
+    directory: Path
+    md5: dict[str, str]  # filename -> MD5 of the IDX bytes
+    data: dict[str, bytes]  # filename -> IDX bytes
+
+
+@pytest.fixture
+def tiny_idx(tmp_path) -> TinyIDX:
+    """Four valid IDX files (20 training, 10 test images) in a fresh directory."""
+    directory = tmp_path / "tiny_idx"
+    md5 = make_idx_dataset(directory, n_train=20, n_test=10, seed=0)
+    return TinyIDX(directory, md5, make_idx_bytes(n_train=20, n_test=10, seed=0))
+
+
+class IdxHTTPServer:
+    """A real HTTP server on 127.0.0.1 serving ``/<mode>/<filename>.gz``; the mode picks the behaviour.
+
+    Modes: ``good`` (the gzipped file), ``corrupt`` (gzipped, one byte of the IDX data changed),
+    ``404``, ``500``, ``truncgz`` (the first half of the gzip stream, with a matching Content-Length),
+    ``hang`` (reads the request, never answers), ``drip`` (headers, then one byte every 50 ms for up to
+    ``drip_s`` seconds), ``garbage`` (a reply that is not HTTP).
+    """
+
+    drip_s = 5.0
+
+    def __init__(self, payloads: dict[str, bytes]):
+        self.gz = {name: gzip.compress(data) for name, data in payloads.items()}
+        self.corrupt_gz = {name: gzip.compress(data[:-1] + bytes([data[-1] ^ 0xFF])) for name, data in payloads.items()}
+        self.stop = threading.Event()
+        self._lock = threading.Lock()
+        self.requests: list[str] = []  # request paths, in arrival order
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        self.port = self.httpd.server_address[1]
+        self._thread = threading.Thread(target=self.httpd.serve_forever, args=(0.05,), daemon=True)
+        self._thread.start()
+
+    def url(self, mode: str) -> str:
+        return f"http://127.0.0.1:{self.port}/{mode}/"
+
+    def requests_for(self, mode: str) -> list[str]:
+        """File names requested under ``/<mode>/``."""
+        with self._lock:
+            return [p.split("/", 2)[2] for p in self.requests if p.startswith(f"/{mode}/")]
+
+    def close(self) -> None:
+        self.stop.set()
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self._thread.join(timeout=5)
+
+    def _handler(self):
+        server = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def log_message(self, format, *args):  # noqa: A002 - keep test output quiet
+                pass
+
+            def _send(self, body: bytes) -> None:
+                self.send_response(200)
+                self.send_header("Content-Type", "application/gzip")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def do_GET(self):
+                with server._lock:
+                    server.requests.append(self.path)
+                parts = self.path.split("/")
+                mode, name = (parts[1], parts[2]) if len(parts) == 3 else ("", "")
+                filename = name.removesuffix(".gz")
+                known = name.endswith(".gz") and filename in server.gz
+                if mode == "good" and known:
+                    self._send(server.gz[filename])
+                elif mode == "corrupt" and known:
+                    self._send(server.corrupt_gz[filename])
+                elif mode == "truncgz" and known:
+                    self._send(server.gz[filename][: len(server.gz[filename]) // 2])
+                elif mode == "500":
+                    self.send_error(500, "Internal Server Error")
+                elif mode == "hang":
+                    server.stop.wait(30)
+                elif mode == "drip":
+                    self.send_response(200)
+                    self.send_header("Content-Length", str(1 << 20))
+                    self.end_headers()
+                    start = time.monotonic()
+                    try:
+                        while not server.stop.is_set() and time.monotonic() - start < server.drip_s:
+                            self.wfile.write(b"\x1f")
+                            self.wfile.flush()
+                            time.sleep(0.05)
+                    except OSError:
+                        pass
+                elif mode == "garbage":
+                    self.wfile.write(b"THIS IS NOT HTTP\r\n\r\n")
+                else:
+                    self.send_error(404, "Not Found")
+                self.close_connection = True
+
+        return Handler
+
+
+@pytest.fixture
+def idx_http_server(tiny_idx):
+    """A loopback HTTP server serving the ``tiny_idx`` files (see IdxHTTPServer); shut down afterwards."""
+    server = IdxHTTPServer(tiny_idx.data)
+    yield server
+    server.close()

@@ -1,0 +1,61 @@
+"""Plain test helpers (no pytest fixtures here): tiny MNIST-like IDX data and loopback-network odds and ends."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import socket
+from pathlib import Path
+
+import numpy as np
+
+from digits import idx
+
+IDX_FILES = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+
+
+def make_idx_arrays(n_train: int = 20, n_test: int = 10, seed: int = 0) -> dict[str, np.ndarray]:
+    """Random uint8 28×28 images and 0–9 labels, keyed by the MNIST IDX file names."""
+    rng = np.random.default_rng(seed)
+    return {
+        "train-images-idx3-ubyte": rng.integers(0, 256, (n_train, 28, 28), dtype=np.uint8),
+        "train-labels-idx1-ubyte": rng.integers(0, 10, n_train, dtype=np.uint8),
+        "t10k-images-idx3-ubyte": rng.integers(0, 256, (n_test, 28, 28), dtype=np.uint8),
+        "t10k-labels-idx1-ubyte": rng.integers(0, 10, n_test, dtype=np.uint8),
+    }
+
+
+def make_idx_bytes(n_train: int = 20, n_test: int = 10, seed: int = 0) -> dict[str, bytes]:
+    """The four tiny IDX files as bytes (uncompressed)."""
+    return {name: idx.encode(arr) for name, arr in make_idx_arrays(n_train, n_test, seed).items()}
+
+
+def make_idx_dataset(
+    directory: str | Path, n_train: int = 20, n_test: int = 10, seed: int = 0, gz: bool = False
+) -> dict[str, str]:
+    """Write a tiny valid MNIST-like IDX dataset into ``directory``; return {filename: md5 of the IDX bytes}.
+
+    With ``gz=True`` the files are written as ``<name>.gz`` (the MD5s are still those of the plain bytes).
+    """
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    md5 = {}
+    for name, data in make_idx_bytes(n_train, n_test, seed).items():
+        if gz:
+            (directory / f"{name}.gz").write_bytes(gzip.compress(data))
+        else:
+            (directory / name).write_bytes(data)
+        md5[name] = hashlib.md5(data).hexdigest()
+    return md5
+
+
+def closed_port() -> int:
+    """A 127.0.0.1 port nothing listens on (bound, then released)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -1,0 +1,210 @@
+"""params.yaml schema: the repository's file validates, and each class of mistake gets a clear ParamsError."""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from digits import params
+from digits.errors import UserError
+from digits.params import ParamsError
+
+REPO_PARAMS = Path(__file__).resolve().parents[1] / "params.yaml"
+
+
+@pytest.fixture(scope="module")
+def base() -> dict[str, Any]:
+    return yaml.safe_load(REPO_PARAMS.read_text())
+
+
+def write_variant(tmp_path: Path, base: dict[str, Any], mutate: Callable[[dict[str, Any]], None]) -> Path:
+    raw = copy.deepcopy(base)
+    mutate(raw)
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+def load_error(path: Path) -> str:
+    with pytest.raises(ParamsError) as excinfo:
+        params.load(path)
+    return str(excinfo.value)
+
+
+def set_key(section: str, key: str, value: Any) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw[section][key] = value
+
+    return mutate
+
+
+def rename_key(section: str, old: str, new: str) -> Callable[[dict[str, Any]], None]:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw[section][new] = raw[section].pop(old)
+
+    return mutate
+
+
+def test_repository_params_validate() -> None:
+    p = params.load(REPO_PARAMS)
+    assert isinstance(p, params.Params)
+    raw = yaml.safe_load(REPO_PARAMS.read_text())
+    assert p.train.model == raw["train"]["model"]
+    assert p.train.lr == pytest.approx(raw["train"]["lr"])
+    assert p.train.augment.rotation_deg == pytest.approx(raw["train"]["augment"]["rotation_deg"])
+    assert p.preprocess.val_fraction == pytest.approx(raw["preprocess"]["val_fraction"])
+    assert p.download.mirrors == raw["download"]["mirrors"]
+
+
+def test_unmodified_copy_validates(tmp_path: Path, base: dict[str, Any]) -> None:
+    # Guards the helper itself: a round trip through safe_dump must not produce errors on its own.
+    path = write_variant(tmp_path, base, lambda raw: None)
+    assert params.load(path) == params.load(REPO_PARAMS)
+
+
+def test_params_error_is_a_user_error() -> None:
+    assert issubclass(ParamsError, UserError)
+    assert issubclass(ParamsError, ValueError)
+
+
+def test_wrong_type(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, set_key("train", "lr", "fast")))
+    assert "'train.lr'" in msg
+    assert "'fast'" in msg
+    assert "valid number" in msg
+    assert str(tmp_path / "params.yaml") in msg
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "bound"),
+    [
+        ("train", "lr", 0, "greater than 0"),
+        ("train", "lr", -0.1, "greater than 0"),
+        ("train", "batch_size", 0, "greater than or equal to 1"),
+        ("preprocess", "val_fraction", 0, "greater than 0"),
+        ("preprocess", "val_fraction", 1, "less than 1"),
+        ("train", "epochs", 0, "greater than or equal to 1"),
+        ("train", "dropout", 1.0, "less than 1"),
+    ],
+)
+def test_out_of_range(tmp_path: Path, base: dict[str, Any], section: str, key: str, value: Any, bound: str) -> None:
+    msg = load_error(write_variant(tmp_path, base, set_key(section, key, value)))
+    assert f"'{section}.{key}' = {value!r}" in msg
+    assert bound in msg
+    # exactly one problem reported: the mutated key
+    assert msg.count("\n  - ") == 1
+
+
+def test_unknown_model_lists_allowed_names(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, set_key("train", "model", "resnet")))
+    assert "'train.model'" in msg
+    assert "'resnet'" in msg
+    assert "'mlp'" in msg and "'cnn'" in msg
+
+
+def test_unknown_optimizer_lists_allowed_names(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, set_key("train", "optimizer", "rmsprop")))
+    assert "'train.optimizer'" in msg
+    assert "'rmsprop'" in msg
+    for name in ("adam", "adamw", "sgd"):
+        assert f"'{name}'" in msg
+
+
+def test_unknown_scheduler_lists_allowed_names(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, set_key("train", "scheduler", "linear")))
+    assert "'train.scheduler'" in msg
+    for name in ("none", "onecycle", "cosine", "step", "plateau"):
+        assert f"'{name}'" in msg
+
+
+def test_misspelled_key_suggests_the_right_one(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, rename_key("train", "epochs", "epoch")))
+    assert "unknown key 'train.epoch'" in msg
+    assert "Did you mean 'epochs'?" in msg
+    # the renamed key is also reported as missing
+    assert "missing key 'train.epochs'" in msg
+
+
+def test_unknown_key_without_close_match_lists_allowed_keys(tmp_path: Path, base: dict[str, Any]) -> None:
+    # 'learning_rate' is too far from 'lr' for a did-you-mean; the allowed keys are listed instead.
+    msg = load_error(write_variant(tmp_path, base, rename_key("train", "lr", "learning_rate")))
+    assert "unknown key 'train.learning_rate'" in msg
+    unknown_line = next(line for line in msg.splitlines() if "train.learning_rate" in line)
+    allowed = unknown_line.split("Allowed keys here:")[1]
+    assert {k.strip() for k in allowed.split(",")} == set(params.TrainParams.model_fields)
+    assert "missing key 'train.lr'" in msg
+
+
+def test_unknown_section_suggests_section(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, lambda raw: raw.__setitem__("trian", {})))
+    assert "unknown key 'trian'" in msg
+    assert "Did you mean 'train'?" in msg
+
+
+def test_unknown_nested_key(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, lambda raw: raw["train"]["augment"].__setitem__("rotate", 5)))
+    assert "unknown key 'train.augment.rotate'" in msg
+    line = next(line for line in msg.splitlines() if "train.augment.rotate" in line)
+    # the allowed keys are those of the augment section, not of train
+    allowed = {k.strip() for k in line.split("Allowed keys here:")[1].split(",")}
+    assert allowed == {"rotation_deg", "zoom", "shift"}
+
+
+def test_missing_section(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, lambda raw: raw.pop("train")))
+    assert "missing key 'train'" in msg
+
+
+def test_missing_required_key(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, lambda raw: raw["train"].pop("lr")))
+    assert "missing key 'train.lr'" in msg
+    assert msg.count("\n  - ") == 1
+
+
+def test_optional_key_may_be_omitted(tmp_path: Path, base: dict[str, Any]) -> None:
+    p = params.load(write_variant(tmp_path, base, lambda raw: raw["train"].pop("augment")))
+    assert p.train.augment == params.AugmentParams()
+
+
+def test_several_problems_reported_together(tmp_path: Path, base: dict[str, Any]) -> None:
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["train"]["lr"] = "fast"
+        raw["train"]["optimizer"] = "rmsprop"
+
+    msg = load_error(write_variant(tmp_path, base, mutate))
+    assert "'train.lr'" in msg and "'train.optimizer'" in msg
+
+
+@pytest.mark.parametrize("content", ["- a\n- b\n", "just a string\n", "42\n", ""])
+def test_not_a_mapping(tmp_path: Path, content: str) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text(content)
+    msg = load_error(path)
+    assert "expected a mapping" in msg
+    assert str(path) in msg
+
+
+def test_invalid_yaml(tmp_path: Path) -> None:
+    path = tmp_path / "params.yaml"
+    path.write_text("train:\n  lr: [0.1\n  epochs: 3\n")
+    msg = load_error(path)
+    assert "not valid YAML" in msg
+    assert str(path) in msg
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    path = tmp_path / "nope.yaml"
+    msg = load_error(path)
+    assert "file not found" in msg
+    assert str(path) in msg
+
+
+def test_validate_accepts_a_mapping_directly(base: dict[str, Any]) -> None:
+    assert params.validate(copy.deepcopy(base)) == params.load(REPO_PARAMS)
+    with pytest.raises(ParamsError, match="custom-source"):
+        params.validate([], "custom-source")

