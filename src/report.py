@@ -6,6 +6,7 @@ linked relative to it) and logs it to the run's MLflow record.
 
 import csv
 import json
+import os
 from pathlib import Path
 
 import mlflow
@@ -43,7 +44,8 @@ def render(title: str, run: dict, train: dict, evaluation: dict, figures: list[P
         for d, c in evaluation["per_class"].items()
     ]
     train_params = [[k, f"`{v}`"] for k, v in run["params"].items()]
-    figs = "\n\n".join(f"![{f.stem.replace('_', ' ')}]({f.relative_to(out.parent).as_posix()})" for f in figures)
+    links = [(f.stem.replace("_", " "), Path(os.path.relpath(f, out.parent)).as_posix()) for f in figures]
+    figs = "\n\n".join(f"![{name}]({path})" for name, path in links)
     return (
         "\n\n".join(
             [

@@ -44,34 +44,32 @@ def read_idx_pair(images_path: Path, labels_path: Path) -> Split:
     return Split(torch.from_numpy(images.copy()), torch.from_numpy(labels.astype(np.int64)))
 
 
-def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Split indices so each class keeps its share: returns (rest, taken) with ~``fraction`` taken."""
-    rng = np.random.default_rng(seed)
-    taken = []
-    for cls in np.unique(labels):
-        members = np.flatnonzero(labels == cls)
-        rng.shuffle(members)
-        taken.append(members[: max(1, round(len(members) * fraction))])
-    taken_idx = np.sort(np.concatenate(taken))
-    rest_idx = np.setdiff1d(np.arange(len(labels)), taken_idx, assume_unique=True)
-    return rest_idx, taken_idx
-
-
-def subset(split: Split, limit: int | None, seed: int) -> Split:
-    """A stratified subset of exactly ``limit`` samples (the small-data mode for tests and smoke runs).
+def stratified_sample(labels: np.ndarray, size: int, seed: int) -> np.ndarray:
+    """Sorted indices of exactly ``size`` samples, each class keeping its share of ``labels``.
 
     Each class gets its share rounded down; the slots left over go to the largest remainders.
     """
-    if limit is None or limit >= len(split):
-        return split
-    labels = split.labels.numpy()
     classes, counts = np.unique(labels, return_counts=True)
-    share = counts * limit / len(labels)
+    share = counts * size / len(labels)
     quota = np.floor(share).astype(int)
-    quota[np.argsort(quota - share, kind="stable")[: limit - quota.sum()]] += 1
+    quota[np.argsort(quota - share, kind="stable")[: size - quota.sum()]] += 1
     rng = np.random.default_rng(seed)
     per_class = [rng.permutation(np.flatnonzero(labels == c))[:q] for c, q in zip(classes, quota, strict=True)]
-    keep = np.sort(np.concatenate(per_class))
+    return np.sort(np.concatenate(per_class))
+
+
+def stratified_indices(labels: np.ndarray, fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Split indices into (rest, taken) with ``round(fraction * N)`` taken, stratified by class."""
+    taken = stratified_sample(labels, round(len(labels) * fraction), seed)
+    rest = np.setdiff1d(np.arange(len(labels)), taken, assume_unique=True)
+    return rest, taken
+
+
+def subset(split: Split, limit: int | None, seed: int) -> Split:
+    """A stratified subset of exactly ``limit`` samples (the small-data mode for tests and smoke runs)."""
+    if limit is None or limit >= len(split):
+        return split
+    keep = stratified_sample(split.labels.numpy(), limit, seed)
     return Split(split.images[keep], split.labels[keep])
 
 

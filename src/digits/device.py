@@ -7,6 +7,12 @@ from pathlib import Path
 
 import torch
 
+from digits.errors import UserError
+
+
+class DeviceError(UserError, RuntimeError):
+    """The requested device is not available here."""
+
 
 def available_cpus() -> int:
     """CPUs this process may actually use: affinity mask, capped by a cgroup v2/v1 CPU quota."""
@@ -42,7 +48,7 @@ def select(preference: str = "auto") -> torch.device:
     if preference == "auto":
         return torch.device("cuda" if cuda else "mps" if mps else "cpu")
     if (preference == "cuda" and not cuda) or (preference == "mps" and not mps):
-        raise RuntimeError(f"train.device={preference} requested but no {preference.upper()} device is available")
+        raise DeviceError(f"train.device={preference} requested but no {preference.upper()} device is available")
     return torch.device(preference)
 
 

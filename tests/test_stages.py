@@ -1,0 +1,143 @@
+"""The stage scripts as processes on tiny generated data, without DVC: the happy path and bad input."""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+from helpers import make_idx_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+BASE_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+def write_params(path: Path, **sections) -> Path:
+    """The repo's params.yaml with some keys replaced (``None`` deletes a key), tiny-model defaults for train."""
+    params = copy.deepcopy(BASE_PARAMS)
+    params["train"].update(width=4, epochs=1, batch_size=64)
+    params["preprocess"].update(val_fraction=0.2)
+    for section, changes in sections.items():
+        for key, value in changes.items():
+            if value is None:
+                params[section].pop(key, None)
+            else:
+                params[section][key] = value
+    path.write_text(yaml.safe_dump(params))
+    return path
+
+
+def stage(script: str, *args, params: Path, tmp: Path) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    return subprocess.run([sys.executable, str(REPO / "src" / script), *map(str, args), "--params", str(params)],
+                          cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
+
+
+@pytest.fixture
+def processed(tmp_path: Path) -> Path:
+    raw = tmp_path / "raw"
+    make_idx_dataset(raw, n_train=300, n_test=100, seed=1)
+    proc = stage("preprocess.py", raw, tmp_path / "processed", tmp_path / "figures",
+                 params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    return tmp_path / "processed"
+
+
+def run_count(tmp: Path) -> int:
+    if not (tmp / "mlflow.db").exists():
+        return 0
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
+
+
+def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Path):
+    params = write_params(tmp_path / "params.yaml")
+    stats = json.loads((processed / "stats.json").read_text())
+    assert stats["sizes"] == {"train": 240, "val": 60, "test": 100}
+    for figure in ("class_distribution.png", "samples.png"):
+        assert (tmp_path / "figures" / figure).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    train = stage("train.py", processed, tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
+                  params=params, tmp=tmp_path)
+    assert train.returncode == 0, train.stderr
+    evaluate = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
+                     tmp_path / "figures", params=params, tmp=tmp_path)
+    assert evaluate.returncode == 0, evaluate.stderr
+    report = stage("report.py", tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
+                   tmp_path / "reports" / "report.md", params=params, tmp=tmp_path)
+    assert report.returncode == 0, report.stderr
+
+    evaluation = json.loads((tmp_path / "metrics" / "evaluate.json").read_text())
+    confusion = (tmp_path / "metrics" / "plots" / "confusion.csv").read_text().splitlines()
+    assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 100
+    assert evaluation["test_errors"] == round((1 - evaluation["test_accuracy"]) * 100)
+    text = (tmp_path / "reports" / "report.md").read_text()
+    assert "![confusion matrix](../figures/confusion_matrix.png)" in text
+    assert run_count(tmp_path) == 1  # train, evaluate and report share one MLflow run
+
+
+@pytest.mark.parametrize(
+    ("changes", "message"),
+    [
+        ({"model": "resnet9000"}, "'train.model' = 'resnet9000' is not allowed; choose one of 'mlp' or 'cnn'"),
+        ({"lr": None}, "missing key 'train.lr'"),
+        ({"lr": -0.1}, "'train.lr' = -0.1"),
+        ({"epoch": 3}, "unknown key 'train.epoch'. Did you mean 'epochs'?"),
+    ],
+)
+def test_train_rejects_bad_params_before_any_work(tmp_path: Path, processed: Path, changes, message):
+    params = write_params(tmp_path / "bad.yaml", train=changes)
+    proc = stage("train.py", processed, tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
+                 params=params, tmp=tmp_path)
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and message in proc.stderr, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert not (tmp_path / "models").exists() and not (tmp_path / "metrics").exists()
+    assert run_count(tmp_path) == 0
+
+
+def test_train_rejects_corrupted_processed_data(tmp_path: Path, processed: Path):
+    (processed / "train.pt").write_bytes(b"not a torch file")
+    proc = stage("train.py", processed, tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
+                 params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
+    assert proc.returncode == 2
+    assert "train.pt: unreadable or corrupted processed data" in proc.stderr
+    assert not (tmp_path / "models").exists()
+    assert run_count(tmp_path) == 0
+
+
+def test_train_rejects_unavailable_device(tmp_path: Path, processed: Path):
+    if __import__("torch").cuda.is_available():
+        pytest.skip("a CUDA device is present on this machine")
+    proc = stage("train.py", processed, tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
+                 params=write_params(tmp_path / "p.yaml", train={"device": "cuda"}), tmp=tmp_path)
+    assert proc.returncode == 2 and "train.device=cuda requested" in proc.stderr
+    assert not (tmp_path / "models").exists()
+
+
+def test_preprocess_rejects_truncated_idx(tmp_path: Path):
+    raw = tmp_path / "raw"
+    make_idx_dataset(raw, n_train=50, n_test=20, seed=0)
+    images = raw / "train-images-idx3-ubyte"
+    images.write_bytes(images.read_bytes()[:-100])
+    proc = stage("preprocess.py", raw, tmp_path / "processed", tmp_path / "figures",
+                 params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
+    assert proc.returncode == 2
+    assert "train-images-idx3-ubyte: header promises" in proc.stderr
+    assert not (tmp_path / "processed").exists()
+
+
+def test_evaluate_rejects_a_missing_checkpoint(tmp_path: Path, processed: Path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "run.json").write_text('{"run_id": "x"}')
+    proc = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
+                 tmp_path / "figures", params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
+    assert proc.returncode == 2 and "model.pt: no checkpoint; run the train stage first" in proc.stderr
+    assert not (tmp_path / "metrics").exists()
