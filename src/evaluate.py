@@ -5,12 +5,13 @@ test image) and FIG_DIR/confusion_matrix.png, and adds them to the MLflow run of
 """
 
 import json
+import time
 from pathlib import Path
 
 import mlflow
 import torch
 
-from digits import data, device, figures, files, metrics, params, stage, tracking, training
+from digits import data, device, figures, files, metrics, models, params, stage, tracking, training
 
 
 def main() -> None:
@@ -25,13 +26,20 @@ def main() -> None:
     test = data.load_split(args.test_file)
     dev = device.select("auto")
     model, _ = training.load_checkpoint(model_dir / "model.pt", dev)
-    x, y = data.to_device(test, dev)
+    model = models.fuse_for_inference(model)  # BatchNorm folded into the convolutions: same outputs, faster
+    if dev.type in ("cpu", "cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    x, _ = data.to_device(test, dev)
+    training.predict_logits(model, x[: p.batch_size], p.batch_size)  # warm-up
+    start = time.perf_counter()
     logits = training.predict_logits(model, x, p.batch_size).float().cpu()
+    images_per_second = len(x) / (time.perf_counter() - start)
     pred = logits.argmax(1)
 
     result = metrics.classification(logits, test.labels)
     cm = metrics.confusion(test.labels, pred)
     per_class = result.pop("per_class")
+    result["inference_images_per_second"] = round(images_per_second)
     files.write_json(metrics_dir / "evaluate.json", result)
     files.write_csv(metrics_dir / "plots" / "per_class.csv", [{"digit": int(d), **v} for d, v in per_class.items()])
     files.write_csv(

@@ -33,7 +33,8 @@ def main() -> None:
     train_split, val_split = data.load_split(data_dir / "train.pt"), data.load_split(data_dir / "val.pt")
     dev = device.select(p.device)
     device.configure(dev, p.seed, p.deterministic)
-    model = models.build(p.model, stats["mean"], stats["std"], **models.architecture_kwargs(p.model, p)).to(dev)
+    model = models.build(p.model, stats["mean"], stats["std"], **models.architecture_kwargs(p.model, p))
+    model = training.prepare(model, p, dev)
     train_xy, val_xy = data.to_device(train_split, dev), data.to_device(val_split, dev)
     n_params = models.count_parameters(model)
     print(
@@ -90,6 +91,7 @@ def main() -> None:
             "train_seconds": round(seconds, 2),
             "train_images_per_second": round(len(train_split) * len(result.history) / seconds),
             "n_parameters": n_params,
+            "peak_rss_mb": device.peak_rss_mb(),
         }
         files.write_json(metrics_dir / "train.json", metrics)
         mlflow.log_metrics(

@@ -97,6 +97,12 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
     assert logged.source_run_id == r.info.run_id
     assert json.loads((project / "models/run.json").read_text())["run_id"] == r.info.run_id
 
+    run(["dvc", "plots", "show", "-o", "plots_html"], project)
+    html = (project / "plots_html" / "index.html").read_text()
+    for title in ("Loss", "Accuracy", "Confusion matrix (test)", "Per-class F1 (test)", "confusion_matrix.png"):
+        assert title in html, title
+    shutil.rmtree(project / "plots_html")
+
     again = run(["dvc", "repro"], project).stdout
     assert "Running stage" not in again
     assert "up to date" in run(["dvc", "status"], project).stdout

@@ -116,24 +116,39 @@ def batches(
 
 
 def augment(
-    x: torch.Tensor, rotation_deg: float, zoom: float, shift: float, generator: torch.Generator
+    x: torch.Tensor,
+    rotation_deg: float,
+    zoom: float,
+    shift: float,
+    generator: torch.Generator,
+    elastic_px: float = 0.0,
+    elastic_scale: float = 4.0,
 ) -> torch.Tensor:
-    """Random rotation (±deg), zoom (±fraction) and shift (±fraction of the side) for a whole batch at once.
+    """Random rotation (±deg), zoom (±fraction), shift (±fraction of the side) and elastic distortion for a
+    whole batch at once: one sampling grid per sample, one bilinear ``grid_sample`` with zero (background) padding.
 
-    One affine grid per sample, sampled bilinearly with zero (background) padding.
+    Elastic distortion (after Simard et al. 2003) adds a smooth random displacement field: random values on a
+    coarse grid one node per ``elastic_scale`` px, upsampled bicubically (cheaper than Gaussian smoothing at full
+    resolution) and scaled so the largest displacement in each image is ``elastic_px`` px.
     """
-    if rotation_deg == 0 and zoom == 0 and shift == 0:
+    if rotation_deg == 0 and zoom == 0 and shift == 0 and elastic_px == 0:
         return x
-    n = x.shape[0]
+    n, _, h, w = x.shape
 
-    def uniform(half_width: float) -> torch.Tensor:
-        r = torch.rand(n, generator=generator, device=x.device, dtype=x.dtype)
+    def uniform(*shape: int, half_width: float = 1.0) -> torch.Tensor:
+        r = torch.rand(*shape, generator=generator, device=x.device, dtype=x.dtype)
         return (r * 2 - 1) * half_width
 
-    angle = uniform(math.radians(rotation_deg))
-    scale = 1 + uniform(zoom)
+    angle = uniform(n, half_width=math.radians(rotation_deg))
+    scale = 1 + uniform(n, half_width=zoom)
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    tx, ty = uniform(2 * shift), uniform(2 * shift)  # grid coordinates span [-1, 1]
+    tx, ty = uniform(n, half_width=2 * shift), uniform(n, half_width=2 * shift)  # grid coordinates span [-1, 1]
     theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    if elastic_px:
+        coarse = uniform(n, 2, max(2, round(h / elastic_scale)), max(2, round(w / elastic_scale)))
+        field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
+        field = field / field.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)  # peak displacement = alpha
+        pixels_to_grid = torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)
+        grid = grid + field.permute(0, 2, 3, 1) * elastic_px * pixels_to_grid
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)

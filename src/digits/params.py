@@ -37,12 +37,17 @@ class AugmentParams(Section):
     rotation_deg: Annotated[float, Field(ge=0, le=180)] = 0.0
     zoom: Fraction = 0.0
     shift: Fraction = 0.0
+    elastic_px: Annotated[float, Field(ge=0, le=10)] = 0.0
+    elastic_scale: Annotated[float, Field(ge=1, le=28)] = 4.0
 
 
 class TrainParams(Section):
+    preset: str | None = None  # the name of the entry of ``train.presets`` applied on top of these keys
     model: Literal["mlp", "cnn"]
     hidden: list[Annotated[int, Field(ge=1)]] = [128, 128]
     width: Annotated[int, Field(ge=1)] = 32
+    depth: Annotated[int, Field(ge=1, le=4)] = 1
+    head: Annotated[int, Field(ge=0)] = 0
     dropout: Fraction = 0.0
     epochs: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)]
@@ -57,13 +62,17 @@ class TrainParams(Section):
     label_smoothing: Fraction = 0.0
     early_stopping_patience: Annotated[int, Field(ge=1)] | None = None
     augment: AugmentParams = AugmentParams()
+    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
     seed: int
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     deterministic: bool = True
+    channels_last: bool = True
+    amp: bool = True
+    compile: bool = False
 
 
 class EvaluateParams(Section):
-    batch_size: Annotated[int, Field(ge=1)] = 4096
+    batch_size: Annotated[int, Field(ge=1)] = 256
 
 
 class ReportParams(Section):
@@ -83,6 +92,7 @@ class ParamsError(UserError, ValueError):
 
 
 def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """Field names of the (nested) model that holds the last element of ``loc``."""
     for part in loc[:-1]:
         field = model.model_fields.get(str(part))
         annotation = getattr(field, "annotation", None)
@@ -92,11 +102,11 @@ def _allowed_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
     return list(model.model_fields)
 
 
-def _describe(err: dict[str, Any]) -> str:
+def _describe(err: dict[str, Any], model: type[BaseModel] | None = None, prefix: tuple[str, ...] = ()) -> str:
     loc = tuple(err["loc"])
-    key = ".".join(str(p) for p in loc)
+    key = ".".join(str(p) for p in prefix + loc)
     if err["type"] == "extra_forbidden":
-        allowed = _allowed_keys(Params, loc)
+        allowed = _allowed_keys(model or Params, loc)
         hint = difflib.get_close_matches(str(loc[-1]), allowed, n=1)
         suggestion = f" Did you mean '{hint[0]}'?" if hint else ""
         return f"unknown key '{key}'.{suggestion} Allowed keys here: {', '.join(allowed)}"
@@ -108,15 +118,54 @@ def _describe(err: dict[str, Any]) -> str:
     return f"'{key}' = {err.get('input')!r}: {err['msg']}"
 
 
+def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _apply_preset(train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Apply ``train.presets[train.preset]`` over the train keys; check every preset. Returns (train, problems)."""
+    train = dict(train)
+    presets = train.pop("presets", None) or {}
+    if not isinstance(presets, dict):
+        return train, ["'train.presets' must map preset names to train keys"]
+    problems = []
+    for name, overrides in presets.items():
+        if not isinstance(overrides, dict) or {"preset", "presets"} & set(overrides):
+            problems.append(f"'train.presets.{name}' must be a mapping of train keys (other than preset/presets)")
+            continue
+        try:
+            TrainParams.model_validate(_merge(train, overrides) | {"preset": name})
+        except ValidationError as exc:  # report only what the preset itself sets; base errors come later
+            own = [e for e in exc.errors() if e["loc"][0] in overrides]
+            problems += [_describe(e, TrainParams, ("train", "presets", str(name))) for e in own]
+    name = train.get("preset")
+    if name is None:
+        return train, problems
+    if name not in presets:
+        choices = ", ".join(map(str, presets)) or "none defined"
+        problems.append(f"'train.preset' = {name!r} is not defined in train.presets; choose one of: {choices}")
+        return train, problems
+    return _merge(train, presets[name]), problems
+
+
 def validate(raw: Any, source: str = "params") -> Params:
-    """Validate a parsed params mapping, raising ParamsError with one line per problem."""
+    """Validate a parsed params mapping (presets applied), raising ParamsError with one line per problem."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
+    problems: list[str] = []
+    if isinstance(raw.get("train"), dict):
+        train, problems = _apply_preset(raw["train"])
+        raw = {**raw, "train": train}
     try:
-        return Params.model_validate(raw)
+        params = Params.model_validate(raw)
     except ValidationError as exc:
-        lines = [_describe(e) for e in exc.errors()]
-        raise ParamsError(f"{source} is invalid:\n  - " + "\n  - ".join(lines)) from None
+        problems += [_describe(e) for e in exc.errors()]
+    if problems:
+        raise ParamsError(f"{source} is invalid:\n  - " + "\n  - ".join(problems))
+    return params
 
 
 def load(path: str | Path = "params.yaml") -> Params:

@@ -66,14 +66,22 @@ def make_scheduler(p: TrainParams, opt: torch.optim.Optimizer, steps_per_epoch: 
 
 
 @torch.inference_mode()
-def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 4096) -> torch.Tensor:
+def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
 
 
-def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 4096):
+def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256):
     logits = predict_logits(model, x, batch_size)
     return F.cross_entropy(logits, y).item(), (logits.argmax(1) == y).float().mean().item()
+
+
+def prepare(model: nn.Module, p: TrainParams, device: torch.device) -> nn.Module:
+    """Move to ``device``; channels_last memory format where it pays (CPU and CUDA convolutions)."""
+    model = model.to(device)
+    if p.channels_last and device.type in ("cpu", "cuda"):
+        model = model.to(memory_format=torch.channels_last)
+    return model
 
 
 def fit(
@@ -83,12 +91,25 @@ def fit(
     p: TrainParams,
     on_epoch: Callable[[Epoch], None] = lambda e: None,
 ) -> FitResult:
-    """Train with the recipe in ``p``; keep the weights of the best epoch by validation accuracy."""
+    """Train with the recipe in ``p``; keep the weights of the best epoch by validation accuracy.
+
+    With ``p.ema_decay`` the weights evaluated, kept and returned are the exponential moving average.
+    """
     x, y = train
     gen = torch.Generator(device=x.device).manual_seed(p.seed)
     steps = -(-len(y) // p.batch_size)
     opt = make_optimizer(p, model)
     sched, per_batch = make_scheduler(p, opt, steps)
+    ema = (
+        torch.optim.swa_utils.AveragedModel(
+            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(p.ema_decay), use_buffers=True
+        )
+        if p.ema_decay
+        else None
+    )
+    kept = ema.module if ema is not None else model  # the weights that are evaluated and checkpointed
+    step_model = torch.compile(model) if p.compile else model
+    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p.amp and x.device.type == "cuda")
     aug = p.augment
     history: list[Epoch] = []
     best_epoch, best_key, best_state, stopped_early = 0, (-1.0, 0.0), {}, False
@@ -96,34 +117,31 @@ def fit(
         model.train()
         start, loss_sum, correct = time.perf_counter(), torch.zeros((), device=x.device), 0
         lr = opt.param_groups[0]["lr"]
-        bar = tqdm(
-            data.batches(x, y, p.batch_size, gen),
-            total=steps,
-            desc=f"epoch {epoch}/{p.epochs}",
-            leave=False,
-            disable=not sys.stderr.isatty(),
-        )
+        bar = tqdm(data.batches(x, y, p.batch_size, gen), total=steps, desc=f"epoch {epoch}/{p.epochs}",
+                   leave=False, disable=not sys.stderr.isatty())  # fmt: skip
         for xb, yb in bar:
-            xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, gen)
-            logits = model(xb)
-            loss = F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
+            xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, gen, aug.elastic_px, aug.elastic_scale)
+            with autocast:
+                logits = step_model(xb)
+                loss = F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
+            if ema is not None:
+                ema.update_parameters(model)
             if per_batch:
                 sched.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
-        val_loss, val_acc = loss_and_accuracy(model, *val)
+        val_loss, val_acc = loss_and_accuracy(kept, *val)
         if sched is not None and not per_batch:
             sched.step(val_loss) if p.scheduler == "plateau" else sched.step()
-        e = Epoch(
-            epoch, loss_sum.item() / len(y), int(correct) / len(y), val_loss, val_acc, lr, time.perf_counter() - start
-        )
+        seconds = time.perf_counter() - start
+        e = Epoch(epoch, loss_sum.item() / len(y), int(correct) / len(y), val_loss, val_acc, lr, seconds)
         history.append(e)
         on_epoch(e)
         if (val_acc, -val_loss) > best_key:
-            best_epoch, best_key, best_state = epoch, (val_acc, -val_loss), copy.deepcopy(model.state_dict())
+            best_epoch, best_key, best_state = epoch, (val_acc, -val_loss), copy.deepcopy(kept.state_dict())
         elif p.early_stopping_patience and epoch - best_epoch >= p.early_stopping_patience:
             stopped_early = True
             break

@@ -1,0 +1,158 @@
+"""Issue-3 recipe features: deeper/headed CNNs, BN folding for inference, EMA, channels_last, presets,
+and the batched data path against a per-sample reference."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+import yaml
+
+from digits import data, models, params, training
+from digits.params import TrainParams
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def tp(**overrides: Any) -> TrainParams:
+    base = dict(model="cnn", width=4, dropout=0.0, epochs=2, batch_size=32, optimizer="adam", lr=0.01, seed=0,
+                device="cpu", channels_last=False)
+    return TrainParams(**(base | overrides))
+
+
+def blobs(n: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Class k: a bright 4×4 blob at one of 10 positions, on light noise."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(10).repeat(n // 10)
+    x = torch.rand(len(y), 1, 28, 28, generator=g) * 0.2
+    for i, k in enumerate(y.tolist()):
+        r, c = 4 + 10 * (k // 5), 2 + 5 * (k % 5)
+        x[i, 0, r : r + 4, c : c + 4] = 1.0
+    return x, y
+
+
+@pytest.mark.parametrize(("depth", "head"), [(1, 0), (2, 0), (1, 32), (3, 16)])
+def test_cnn_depth_and_head(depth: int, head: int):
+    model = models.build("cnn", 0.1, 0.3, width=4, dropout=0.1, depth=depth, head=head)
+    assert model(torch.rand(3, 1, 28, 28)).shape == (3, 10)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    linears = [m for m in model.modules() if isinstance(m, torch.nn.Linear)]
+    assert len(convs) == 1 + 2 * depth
+    assert len(linears) == (2 if head else 1)
+    if head:
+        assert linears[0].out_features == head
+
+
+def test_fuse_for_inference_folds_batchnorm_and_keeps_outputs():
+    torch.manual_seed(0)
+    model = models.build("cnn", 0.1, 0.3, width=4, dropout=0.0, depth=2, head=8)
+    model.train()
+    for _ in range(3):  # non-trivial running statistics
+        model(torch.rand(16, 1, 28, 28) * 3)
+    model.eval()
+    fused = models.fuse_for_inference(model)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fused.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()), "the original must be untouched"
+    x = torch.rand(20, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(fused(x), model(x), atol=1e-5, rtol=1e-4)
+
+
+def test_fuse_for_inference_leaves_an_mlp_alone():
+    model = models.build("mlp", 0.1, 0.3, hidden=[8], dropout=0.0).eval()
+    x = torch.rand(4, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(models.fuse_for_inference(model)(x), model(x))
+
+
+def test_ema_fit_keeps_and_restores_the_averaged_weights():
+    train, val = blobs(200, 1), blobs(50, 2)
+    torch.manual_seed(0)
+    plain = models.build("cnn", 0.2, 0.3, width=4, dropout=0.0)
+    ema_model = copy.deepcopy(plain)
+    plain_result = training.fit(plain, train, val, tp(epochs=2))
+    ema_result = training.fit(ema_model, train, val, tp(epochs=2, ema_decay=0.9))
+    assert not torch.equal(plain.state_dict()["1.0.weight"], ema_model.state_dict()["1.0.weight"])
+    _, acc = training.loss_and_accuracy(ema_model, *val)
+    assert acc == pytest.approx(ema_result.best.val_accuracy)
+    assert ema_result.best_state.keys() == plain_result.best_state.keys()
+
+
+def test_channels_last_prepare_and_same_predictions():
+    torch.manual_seed(0)
+    model = models.build("cnn", 0.2, 0.3, width=4, dropout=0.0).eval()
+    x = torch.rand(8, 1, 28, 28)
+    with torch.inference_mode():
+        expected = model(x)
+    prepared = training.prepare(model, tp(channels_last=True), torch.device("cpu"))
+    conv = next(m for m in prepared.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    with torch.inference_mode():
+        torch.testing.assert_close(prepared(x), expected, atol=1e-5, rtol=1e-4)
+
+
+def test_batched_path_matches_a_per_sample_reference_with_augmentation_off():
+    """Same seed → the indexing path yields exactly the batches a per-sample loop over the same order builds."""
+    x, y = blobs(100, 3)
+    seed, bs = 7, 16
+    ours = list(data.batches(x, y, bs, torch.Generator().manual_seed(seed)))
+    order = torch.randperm(len(y), generator=torch.Generator().manual_seed(seed)).tolist()
+    reference = [
+        (torch.stack([x[i] for i in order[s : s + bs]]), torch.stack([y[i] for i in order[s : s + bs]]))
+        for s in range(0, len(order), bs)
+    ]
+    assert len(ours) == len(reference)
+    for (xa, ya), (xb, yb) in zip(ours, reference, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    g = torch.Generator().manual_seed(0)
+    assert torch.equal(data.augment(ours[0][0], 0, 0, 0, g), ours[0][0])
+
+
+def repo_params() -> dict:
+    return yaml.safe_load((REPO / "params.yaml").read_text())
+
+
+@pytest.mark.parametrize("preset", [None, *repo_params()["train"].get("presets", {})])
+def test_every_preset_in_params_yaml_validates(preset):
+    raw = repo_params()
+    raw["train"]["preset"] = preset
+    p = params.validate(raw).train
+    assert p.preset == preset
+    for key, value in (raw["train"].get("presets", {}).get(preset) or {}).items():
+        got = getattr(p, key)
+        assert (got.model_dump() if hasattr(got, "model_dump") else got) == (
+            {**raw["train"][key], **value} if isinstance(value, dict) else value
+        )
+
+
+def test_preset_overrides_only_what_it_names():
+    raw = repo_params()
+    raw["train"]["presets"] = {"tiny": {"epochs": 1, "augment": {"zoom": 0.0}}}
+    raw["train"]["preset"] = "tiny"
+    p = params.validate(raw).train
+    assert p.epochs == 1 and p.augment.zoom == 0.0
+    assert p.augment.rotation_deg == raw["train"]["augment"]["rotation_deg"]
+    assert p.lr == raw["train"]["lr"]
+
+
+def test_unknown_preset_and_bad_preset_keys_are_reported():
+    raw = repo_params()
+    raw["train"]["presets"] = {"tiny": {"epoch": 1}, "bad": {"lr": 0}}
+    raw["train"]["preset"] = "huge"
+    with pytest.raises(params.ParamsError) as err:
+        params.validate(raw)
+    text = str(err.value)
+    assert "'train.preset' = 'huge' is not defined in train.presets; choose one of: tiny, bad" in text
+    assert "unknown key 'train.presets.tiny.epoch'. Did you mean 'epochs'?" in text
+    assert "'train.presets.bad.lr' = 0" in text
