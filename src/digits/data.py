@@ -74,8 +74,7 @@ def subset(split: Split, limit: int | None, seed: int) -> Split:
 
 
 def save_split(path: Path, split: Split) -> None:
-    with files.atomic_path(path) as tmp:
-        torch.save({"images": split.images.contiguous(), "labels": split.labels.contiguous()}, tmp)
+    files.write_torch(path, {"images": split.images.contiguous(), "labels": split.labels.contiguous()})
 
 
 def load_split(path: str | Path) -> Split:

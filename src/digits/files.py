@@ -43,6 +43,19 @@ def write_text(dest: str | os.PathLike[str], text: str) -> None:
     write_bytes(dest, text.encode())
 
 
+def write_torch(dest: str | os.PathLike[str], obj: Any) -> None:
+    """``torch.save`` atomically and byte-reproducibly.
+
+    torch.save names the archive's inner folder after the file it writes to, so saving straight to a randomly
+    named temp file would make identical objects hash differently; serialising to memory avoids that.
+    """
+    import torch
+
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    write_bytes(dest, buf.getvalue())
+
+
 def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
     write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 

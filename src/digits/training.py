@@ -151,8 +151,7 @@ def fit(
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
     """state_dict + everything needed to rebuild the model (name, architecture kwargs) + provenance."""
-    with files.atomic_path(path) as tmp:
-        torch.save({"state_dict": model.state_dict(), **meta}, tmp)
+    files.write_torch(path, {"state_dict": model.state_dict(), **meta})
 
 
 def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tuple[nn.Module, dict[str, Any]]:
