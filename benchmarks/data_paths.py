@@ -76,9 +76,7 @@ def worker(path: str, p: params.TrainParams) -> dict:
             epoch_batches, test_loader = naive_loaders(p, Path(tmp))
         opt = training.make_optimizer(p, model)
         sched, per_batch = training.make_scheduler(p, opt, -(-60000 // p.batch_size))
-        ema = torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(p.ema_decay), use_buffers=True
-        ) if p.ema_decay else None  # fmt: skip
+        ema = training.EMA(model, p.ema_decay) if p.ema_decay else None
         kept = ema.module if ema else model
         trained, images, reached, curve = 0.0, 0, {}, []
         for epoch in range(1, p.epochs + 1):
@@ -90,7 +88,7 @@ def worker(path: str, p: params.TrainParams) -> dict:
                 loss.backward()
                 opt.step()
                 if ema:
-                    ema.update_parameters(model)
+                    ema.update(model)
                 if per_batch:
                     sched.step()
                 images += len(yb)

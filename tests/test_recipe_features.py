@@ -156,3 +156,27 @@ def test_unknown_preset_and_bad_preset_keys_are_reported():
     assert "'train.preset' = 'huge' is not defined in train.presets; choose one of: tiny, bad" in text
     assert "unknown key 'train.presets.tiny.epoch'. Did you mean 'epochs'?" in text
     assert "'train.presets.bad.lr' = 0" in text
+
+
+def test_ema_warm_up_follows_the_model_early_and_averages_later():
+    model = torch.nn.Linear(2, 1)
+    with torch.no_grad():
+        model.weight.zero_()
+    ema = training.EMA(model, decay=0.999)
+    with torch.no_grad():
+        model.weight.fill_(1.0)
+    ema.update(model)  # n=1: decay min(0.999, 2/11) -> moves 9/11 of the way
+    assert ema.module.weight[0, 0].item() == pytest.approx(9 / 11)
+    for _ in range(5000):
+        ema.update(model)
+    assert ema.module.weight[0, 0].item() == pytest.approx(1.0, abs=1e-3)
+    assert ema.decay == 0.999 and (1 + ema.updates) / (10 + ema.updates) > 0.998
+
+
+def test_ema_short_run_is_useful():
+    """One short epoch with decay 0.999 must not leave the averaged model near its random initialisation."""
+    train, val = blobs(300, 1), blobs(100, 2)
+    torch.manual_seed(0)
+    model = models.build("cnn", 0.2, 0.3, width=4, dropout=0.0)
+    result = training.fit(model, train, val, tp(epochs=1, ema_decay=0.999, lr=0.02))
+    assert result.best.val_accuracy > 0.5

@@ -42,6 +42,29 @@ class FitResult:
         return self.history[self.best_epoch - 1]
 
 
+class EMA:
+    """Exponential moving average of a model's weights and buffers, with warm-up.
+
+    The decay used at update n is ``min(decay, (1 + n) / (10 + n))``: early updates follow the model closely, so a
+    short run (few steps) still ends with useful averaged weights instead of near-initial ones.
+    """
+
+    def __init__(self, model: nn.Module, decay: float):
+        self.module = copy.deepcopy(model)
+        self.decay = decay
+        self.updates = 0
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        self.updates += 1
+        d = min(self.decay, (1 + self.updates) / (10 + self.updates))
+        for avg, cur in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+            if avg.dtype.is_floating_point:
+                avg.lerp_(cur, 1 - d)
+            else:
+                avg.copy_(cur)  # e.g. BatchNorm's num_batches_tracked
+
+
 def make_optimizer(p: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
     if p.optimizer == "sgd":
         return torch.optim.SGD(
@@ -100,13 +123,7 @@ def fit(
     steps = -(-len(y) // p.batch_size)
     opt = make_optimizer(p, model)
     sched, per_batch = make_scheduler(p, opt, steps)
-    ema = (
-        torch.optim.swa_utils.AveragedModel(
-            model, multi_avg_fn=torch.optim.swa_utils.get_ema_multi_avg_fn(p.ema_decay), use_buffers=True
-        )
-        if p.ema_decay
-        else None
-    )
+    ema = EMA(model, p.ema_decay) if p.ema_decay else None
     kept = ema.module if ema is not None else model  # the weights that are evaluated and checkpointed
     step_model = torch.compile(model) if p.compile else model
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p.amp and x.device.type == "cuda")
@@ -128,7 +145,7 @@ def fit(
             loss.backward()
             opt.step()
             if ema is not None:
-                ema.update_parameters(model)
+                ema.update(model)
             if per_batch:
                 sched.step()
             loss_sum += loss.detach() * len(yb)
