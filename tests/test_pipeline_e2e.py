@@ -86,7 +86,8 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
 
     [r] = runs(project)
     assert r.info.status == "FINISHED"
-    assert r.data.params["lr"] == "0.003" and r.data.params["model"] == "cnn"
+    params = yaml.safe_load((project / "params.yaml").read_text())["train"]
+    assert r.data.params["lr"] == str(params["lr"]) and r.data.params["model"] == params["model"]
     assert r.data.metrics["test_accuracy"] == pytest.approx(evaluation["test_accuracy"])
     assert r.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert r.data.tags["data_md5.t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
