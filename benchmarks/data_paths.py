@@ -7,7 +7,7 @@ Both train on the 60k training images with the same model, optimizer, schedule a
 epoch the test set is evaluated to find the time to 99.0 % and 99.5 % test accuracy (evaluation time excluded).
 Each path runs in its own process so peak RSS is its own.
 
-    python benchmarks/data_paths.py --preset default          # needs data/raw (dvc repro download)
+    python benchmarks/data_paths.py --preset default --set epochs=12   # needs data/raw (dvc repro download)
 """
 
 from __future__ import annotations
@@ -31,11 +31,15 @@ from digits import data, device, models, params, training
 RAW = Path("data/raw")
 
 
-def recipe(preset: str, epochs: int | None) -> params.TrainParams:
+def recipe(preset: str, overrides: list[str]) -> params.TrainParams:
+    """The train params of ``preset`` with ``key=value`` overrides (values parsed as YAML), validated."""
     raw = yaml.safe_load(Path("params.yaml").read_text())
     raw["train"]["preset"] = None if preset == "default" else preset
-    p = params.validate(raw).train
-    return p.model_copy(update={"epochs": epochs}) if epochs else p
+    train = params.validate(raw).train.model_dump()
+    for item in overrides:
+        key, _, value = item.partition("=")
+        train[key] = yaml.safe_load(value)
+    return params.TrainParams.model_validate(train)
 
 
 def ours_batches(p: params.TrainParams):
@@ -43,7 +47,8 @@ def ours_batches(p: params.TrainParams):
     x, y = data.to_device(split, torch.device("cpu"))
     gen = torch.Generator().manual_seed(p.seed)
     a = p.augment
-    return lambda: ((data.augment(xb, a.rotation_deg, a.zoom, a.shift, gen, a.elastic_px, a.elastic_scale), yb)
+    return lambda: ((data.augment(xb, a.rotation_deg, a.zoom, a.shift, gen, a.elastic_px, a.elastic_scale,
+                                  a.interpolation), yb)
                     for xb, yb in data.batches(x, y, p.batch_size, gen))  # fmt: skip
 
 
@@ -109,7 +114,7 @@ def worker(path: str, p: params.TrainParams) -> dict:
                 if acc >= target and target not in reached:
                     reached[target] = round(trained, 1)
             print(f"[{path}] epoch {epoch}: test {acc:.4f}, {trained:.0f} s training", file=sys.stderr, flush=True)
-    return {"path": path, "final_accuracy": acc, "train_seconds": round(trained, 1),
+    return {"path": path, "final_accuracy": round(acc, 4), "train_seconds": round(trained, 1),
             "seconds_to_99.0": reached.get(0.99), "seconds_to_99.5": reached.get(0.995),
             "train_images_per_second": round(images / trained), "inference_images_per_second": round(infer),
             "peak_rss_mb": device.peak_rss_mb(), "curve": curve}
@@ -118,25 +123,28 @@ def worker(path: str, p: params.TrainParams) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--preset", default="default", help="train preset to benchmark (default: the train section)")
-    ap.add_argument("--epochs", type=int, help="override the recipe's epochs")
+    ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                    help="override a train param of the recipe, e.g. --set epochs=12 --set model=mlp")
     ap.add_argument("--paths", default="ours,naive")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    p = recipe(args.preset, args.epochs)
+    p = recipe(args.preset, args.set)
     if args.worker:
         print(json.dumps(worker(args.worker, p)))
         return
     results = []
     for path in args.paths.split(","):
         cmd = [sys.executable, __file__, "--worker", path, "--preset", args.preset]
-        cmd += ["--epochs", str(args.epochs)] if args.epochs else []
-        out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+        cmd += [f"--set={item}" for item in args.set]
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)  # progress lines go to stderr
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     keys = ["final_accuracy", "seconds_to_99.0", "seconds_to_99.5", "train_seconds", "train_images_per_second",
             "inference_images_per_second", "peak_rss_mb"]
-    print(f"machine: {platform.processor() or platform.machine()}, {device.available_cpus()} CPUs, torch "
-          f"{torch.__version__}; preset {args.preset}: {p.model} width {p.width}, {p.epochs} epochs")
-    print("| metric | " + " | ".join(r["path"] for r in results) + (" | (b)/(a) |" if len(results) == 2 else " |"))
+    a = p.augment
+    print(f"machine: {platform.machine()}, {device.available_cpus()} CPUs, torch {torch.__version__}; preset "
+          f"{args.preset} {' '.join(args.set)}: {p.model}, {p.epochs} epochs, batch {p.batch_size}, "
+          f"augmentation rotation {a.rotation_deg}° zoom {a.zoom} shift {a.shift}")
+    print("| metric | " + " | ".join(r["path"] for r in results) + (" | naive/ours |" if len(results) == 2 else " |"))
     print("|---" * (len(results) + 1 + (len(results) == 2)) + "|")
     for k in keys:
         vals = [r[k] for r in results]

@@ -458,3 +458,13 @@ def test_augment_sample_depends_only_on_its_own_image() -> None:
     keep = [0, 1, 3, 4, 5]
     assert torch.equal(out_a[keep], out_b[keep])
     assert not torch.allclose(out_a[2], out_b[2])
+
+
+def test_augment_nearest_keeps_original_pixel_values() -> None:
+    """Nearest-neighbour sampling moves pixels without blending: every output value is an input value or 0."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 4, (8, 1, 28, 28)).float() / 3  # values 0, 1/3, 2/3, 1
+    out = data.augment(x, 10, 0.1, 0.1, g, interpolation="nearest")
+    assert set(out.unique().tolist()) <= set(x.unique().tolist())
+    blurred = data.augment(x, 10, 0.1, 0.1, torch.Generator().manual_seed(0))
+    assert len(blurred.unique()) > len(x.unique())

@@ -122,9 +122,11 @@ def augment(
     generator: torch.Generator,
     elastic_px: float = 0.0,
     elastic_scale: float = 4.0,
+    interpolation: str = "bilinear",
 ) -> torch.Tensor:
     """Random rotation (±deg), zoom (±fraction), shift (±fraction of the side) and elastic distortion for a
-    whole batch at once: one sampling grid per sample, one bilinear ``grid_sample`` with zero (background) padding.
+    whole batch at once: one sampling grid per sample, one ``grid_sample`` (``interpolation``: bilinear or
+    nearest, as torchvision's RandomAffine uses by default) with zero (background) padding.
 
     Elastic distortion (after Simard et al. 2003) adds a smooth random displacement field: random values on a
     coarse grid one node per ``elastic_scale`` px, upsampled bicubically (cheaper than Gaussian smoothing at full
@@ -150,4 +152,4 @@ def augment(
         field = field / field.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)  # peak displacement = alpha
         pixels_to_grid = torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)
         grid = grid + field.permute(0, 2, 3, 1) * elastic_px * pixels_to_grid
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return F.grid_sample(x, grid, mode=interpolation, padding_mode="zeros", align_corners=False)

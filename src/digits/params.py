@@ -39,6 +39,7 @@ class AugmentParams(Section):
     shift: Fraction = 0.0
     elastic_px: Annotated[float, Field(ge=0, le=10)] = 0.0
     elastic_scale: Annotated[float, Field(ge=1, le=28)] = 4.0
+    interpolation: Literal["bilinear", "nearest"] = "bilinear"
 
 
 class TrainParams(Section):

@@ -137,7 +137,9 @@ def fit(
         bar = tqdm(data.batches(x, y, p.batch_size, gen), total=steps, desc=f"epoch {epoch}/{p.epochs}",
                    leave=False, disable=not sys.stderr.isatty())  # fmt: skip
         for xb, yb in bar:
-            xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, gen, aug.elastic_px, aug.elastic_scale)
+            xb = data.augment(
+                xb, aug.rotation_deg, aug.zoom, aug.shift, gen, aug.elastic_px, aug.elastic_scale, aug.interpolation
+            )
             with autocast:
                 logits = step_model(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
