@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from digits import download
@@ -91,6 +92,8 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
     assert r.data.metrics["test_accuracy"] == pytest.approx(evaluation["test_accuracy"])
     assert r.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert r.data.tags["data_md5.t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
+    expected_device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert r.data.params["device"].startswith(expected_device) and r.data.tags["device"] == r.data.params["device"]
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     history = client.get_metric_history(r.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1]
