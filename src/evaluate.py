@@ -4,7 +4,6 @@ Writes METRICS_DIR/evaluate.json, METRICS_DIR/plots/confusion.csv (DVC `confusio
 test image) and FIG_DIR/confusion_matrix.png, and adds them to the MLflow run of the train stage.
 """
 
-import json
 import statistics
 import time
 from pathlib import Path
@@ -35,7 +34,7 @@ def main() -> None:
     p = params.load(args.params).evaluate
     model_dir, metrics_dir, fig_path = Path(args.model_dir), Path(args.metrics_dir), Path(args.fig_dir)
 
-    run_info = json.loads((model_dir / "run.json").read_text())
+    run_info = files.read_json(model_dir / "run.json", "train")
     test = data.load_split(args.test_file)
     dev = device.select("auto")
     device.configure(dev, seed=0, deterministic=True)  # CPU threads from what the process may use

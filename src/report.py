@@ -5,7 +5,6 @@ linked relative to it) and logs it to the run's MLflow record.
 """
 
 import csv
-import json
 import os
 from pathlib import Path
 
@@ -76,9 +75,9 @@ def main() -> None:
     p = params.load(args.params).report
     metrics_dir, out = Path(args.metrics_dir), Path(args.out)
 
-    run = json.loads((Path(args.model_dir) / "run.json").read_text())
-    train = json.loads((metrics_dir / "train.json").read_text())
-    evaluation = json.loads((metrics_dir / "evaluate.json").read_text())
+    run = files.read_json(Path(args.model_dir) / "run.json", "train")
+    train = files.read_json(metrics_dir / "train.json", "train")
+    evaluation = files.read_json(metrics_dir / "evaluate.json", "evaluate")
     with open(metrics_dir / "plots" / "per_class.csv") as f:
         evaluation["per_class"] = {row.pop("digit"): {k: float(v) for k, v in row.items()} for row in csv.DictReader(f)}
     figures = sorted(Path(args.fig_dir).glob("*.png"))

@@ -5,7 +5,6 @@ METRICS_DIR/train.json, METRICS_DIR/plots/train_curves.csv and FIG_DIR/training_
 Everything is logged to one MLflow run, which the evaluate and report stages continue.
 """
 
-import json
 from pathlib import Path
 
 import mlflow
@@ -29,7 +28,7 @@ def main() -> None:
     p = params.load(args.params).train
     data_dir, model_dir, metrics_dir = Path(args.data_dir), Path(args.model_dir), Path(args.metrics_dir)
 
-    stats = json.loads((data_dir / "stats.json").read_text())
+    stats = files.read_json(data_dir / "stats.json", "preprocess")
     train_split, val_split = data.load_split(data_dir / "train.pt"), data.load_split(data_dir / "val.pt")
     dev = device.select(p.device)
     device.configure(dev, p.seed, p.deterministic)

@@ -141,3 +141,11 @@ def test_evaluate_rejects_a_missing_checkpoint(tmp_path: Path, processed: Path):
                  tmp_path / "figures", params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
     assert proc.returncode == 2 and "model.pt: no checkpoint; run the train stage first" in proc.stderr
     assert not (tmp_path / "metrics").exists()
+
+
+def test_train_without_stats_names_the_stage_to_run(tmp_path: Path, processed: Path):
+    (processed / "stats.json").unlink()
+    proc = stage("train.py", processed, tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
+                 params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert "stats.json: not found; run the preprocess stage (dvc repro preprocess)" in proc.stderr

@@ -9,6 +9,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
+from matplotlib.ticker import MaxNLocator  # noqa: E402
 
 from digits import files  # noqa: E402
 
@@ -32,7 +33,8 @@ def class_distribution(counts: dict[str, list[int]], path: str | Path) -> None:
         ylabel="samples",
         title="Class distribution",
     )
-    ax.legend()
+    ax.set_ylim(0, max(max(c) for c in counts.values()) * 1.25)  # headroom so the legend hides no bar
+    ax.legend(loc="upper center", ncol=len(counts))
     save(fig, path)
 
 
@@ -56,11 +58,13 @@ def training_curves(rows: list[dict[str, float]], path: str | Path) -> None:
         ax_loss.plot(epochs, [r[f"{split}_loss"] for r in rows], marker="o", label=split)
         ax_acc.plot(epochs, [r[f"{split}_accuracy"] for r in rows], marker="o", label=split)
     ax_lr.plot(epochs, [r["lr"] for r in rows], marker="o")
-    ax_loss.set(title="Loss", xlabel="epoch")
+    ax_loss.set(title="Loss (train: augmented, label-smoothed)", xlabel="epoch")
     ax_acc.set(title="Accuracy", xlabel="epoch")
     ax_lr.set(title="Learning rate (start of epoch)", xlabel="epoch")
     ax_loss.legend()
     ax_acc.legend()
+    for ax in (ax_loss, ax_acc, ax_lr):
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     save(fig, path)
 
 

@@ -13,6 +13,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from digits.errors import UserError
+
 
 @contextlib.contextmanager
 def atomic_path(dest: str | os.PathLike[str]) -> Iterator[Path]:
@@ -58,6 +60,17 @@ def write_torch(dest: str | os.PathLike[str], obj: Any) -> None:
 
 def write_json(dest: str | os.PathLike[str], obj: Any) -> None:
     write_text(dest, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def read_json(path: str | os.PathLike[str], produced_by: str) -> Any:
+    """Read a JSON file an earlier stage wrote; a missing or broken one is a UserError naming that stage."""
+    path = Path(path)
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the {produced_by} stage (dvc repro {produced_by})") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); re-run the {produced_by} stage") from None
 
 
 def md5_bytes(data: bytes) -> str:
