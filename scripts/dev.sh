@@ -29,5 +29,5 @@ case $task in
     test)  setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest "$@" ;;
     ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "sqlite:///$root/mlflow.db" \
                --host 127.0.0.1 --port "${PORT:-5000}" ;;
-    *) sed -n '2,7p' "$0" >&2; exit 64 ;;
+    *) sed -n '2,6p' "$root/scripts/dev.sh" >&2; exit 64 ;;
 esac

@@ -35,6 +35,7 @@ def main() -> None:
     model_dir, metrics_dir, fig_path = Path(args.model_dir), Path(args.metrics_dir), Path(args.fig_dir)
 
     run_info = files.read_json(model_dir / "run.json", "train")
+    tracking.require_run(run_info["run_id"])  # before any output is rewritten
     test = data.load_split(args.test_file)
     dev = device.select("auto")
     device.configure(dev, seed=0, deterministic=True)  # CPU threads from what the process may use

@@ -4,7 +4,6 @@ Reads the metrics and run record the earlier stages wrote, writes OUT (reports/r
 linked relative to it) and logs it to the run's MLflow record.
 """
 
-import csv
 import os
 from pathlib import Path
 
@@ -76,10 +75,11 @@ def main() -> None:
     metrics_dir, out = Path(args.metrics_dir), Path(args.out)
 
     run = files.read_json(Path(args.model_dir) / "run.json", "train")
+    tracking.require_run(run["run_id"])
     train = files.read_json(metrics_dir / "train.json", "train")
     evaluation = files.read_json(metrics_dir / "evaluate.json", "evaluate")
-    with open(metrics_dir / "plots" / "per_class.csv") as f:
-        evaluation["per_class"] = {row.pop("digit"): {k: float(v) for k, v in row.items()} for row in csv.DictReader(f)}
+    rows = files.read_csv(metrics_dir / "plots" / "per_class.csv", "evaluate")
+    evaluation["per_class"] = {row.pop("digit"): {k: float(v) for k, v in row.items()} for row in rows}
     figures = sorted(Path(args.fig_dir).glob("*.png"))
     files.write_text(out, render(p.title, run, train, evaluation, figures, out))
     print(f"wrote {out} ({len(figures)} figures)")

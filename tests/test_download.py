@@ -452,3 +452,17 @@ def test_stage_script_all_sources_failing_exits_2(tmp_path, tiny_idx, idx_http_s
     assert "package registry" not in proc.stderr
     assert _listing(out_dir) == []
     assert len(idx_http_server.requests_for("good")) == 4
+
+
+def test_damaged_gzip_body_falls_back_to_next_source(tmp_path, tiny_idx):
+    """A .gz whose deflate stream is damaged (zlib.error, not EOFError) is a source failure, not a crash."""
+    bad = tmp_path / "bad"
+    bad.mkdir()
+    for name, data in tiny_idx.data.items():
+        gz = bytearray(gzip.compress(data))
+        for i in range(12, len(gz) - 8):  # scramble the deflate stream, keep header and trailer
+            gz[i] ^= 0x5A
+        (bad / f"{name}.gz").write_bytes(bytes(gz))
+    dest = tmp_path / "raw"
+    fetch_all(dest, [LocalDirSource(bad), LocalDirSource(tiny_idx.directory)], tiny_idx.md5, log=lambda _: None)
+    _assert_verified(dest, tiny_idx.md5)

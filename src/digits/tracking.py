@@ -8,6 +8,8 @@ from pathlib import Path
 
 import mlflow
 
+from digits.errors import UserError
+
 EXPERIMENT = "digits"
 EXP_TMP_PARTS = (".dvc", "tmp", "exps")
 
@@ -64,7 +66,9 @@ def identity() -> dict[str, str]:
     commit = _git("rev-parse", "HEAD")
     if commit:
         tags["mlflow.source.git.commit"] = tags["git_commit"] = commit
-        status = _git("status", "--porcelain", "--untracked-files=no")
+        # inputs only: DVC rewrites tracked outputs (dvc.lock, metrics/, reports/) while the pipeline runs
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", "src", "dvc.yaml", "params.yaml",
+                      "pyproject.toml")
         tags["git_dirty"] = str(bool(status)).lower()
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):
@@ -80,7 +84,18 @@ def start_run(run_name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
     )
 
 
+def require_run(run_id: str) -> None:
+    """Fail early, with one clear line, if the train stage's run is not in the current store."""
+    uri = tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    try:
+        mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        raise UserError(f"MLflow run {run_id} (from the train stage) is not in {uri}; re-run training "
+                        "against this store: dvc repro -f train") from None
+
+
 def resume_run(run_id: str) -> mlflow.ActiveRun:
     """Continue the run a previous stage started (evaluate and report add to train's run)."""
-    mlflow.set_tracking_uri(tracking_uri())
+    require_run(run_id)
     return mlflow.start_run(run_id=run_id)
