@@ -27,7 +27,7 @@ case $task in
     setup) setup ;;
     repro) setup; PATH="$root/.venv/bin:$PATH" exec dvc repro "$@" ;;
     test)  setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest "$@" ;;
-    ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "sqlite:///$root/mlflow.db" \
+    ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}" \
                --host 127.0.0.1 --port "${PORT:-5000}" ;;
     *) sed -n '2,6p' "$root/scripts/dev.sh" >&2; exit 64 ;;
 esac

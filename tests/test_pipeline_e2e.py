@@ -136,4 +136,3 @@ def test_temp_experiment_logs_to_the_main_store(project: Path):
     new = runs(project)[before:]
     assert [r.data.params["lr"] for r in new] == ["0.02"]
     assert new[0].info.artifact_uri.startswith((project / "mlartifacts").resolve().as_uri())
-    assert not list(project.glob(".dvc/tmp/exps/**/mlflow.db"))
