@@ -7,7 +7,7 @@ Both train on the 60k training images with the same model, optimizer, schedule a
 epoch the test set is evaluated to find the time to 99.0 % and 99.5 % test accuracy (evaluation time excluded).
 Each path runs in its own process so peak RSS is its own.
 
-    python benchmarks/data_paths.py --preset default --set epochs=12   # needs data/raw (dvc repro download)
+    python benchmarks/data_paths.py --model digits_cnn --set epochs=12   # needs data/raw (dvc repro download)
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ from digits import data, device, models, params, training
 RAW = Path("data/raw")
 
 
-def recipe(preset: str, overrides: list[str]) -> params.TrainParams:
-    """The train params of ``preset`` with ``key=value`` overrides (values parsed as YAML), validated."""
+def recipe(model: str, overrides: list[str]) -> params.TrainParams:
+    """The train params of zoo model ``model`` with ``key=value`` overrides (values parsed as YAML), validated."""
     raw = yaml.safe_load(Path("params.yaml").read_text())
-    raw["train"]["preset"] = None if preset == "default" else preset
+    raw["train"]["model"] = model
     train = params.validate(raw).train.model_dump()
     for item in overrides:
         key, _, value = item.partition("=")
@@ -72,7 +72,7 @@ def worker(path: str, p: params.TrainParams) -> dict:
     torch.manual_seed(p.seed)
     test = data.read_idx_pair(RAW / "t10k-images-idx3-ubyte", RAW / "t10k-labels-idx1-ubyte")
     tx, ty = data.to_device(test, torch.device("cpu"))
-    model = training.prepare(models.build(p.model, 0.1307, 0.3081, **models.architecture_kwargs(p.model, p)),
+    model = training.prepare(models.build(p.arch, 0.1307, 0.3081, init=p.init, **models.architecture_kwargs(p)),
                              p, torch.device("cpu"))  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         if path == "ours":
@@ -122,27 +122,27 @@ def worker(path: str, p: params.TrainParams) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--preset", default="default", help="train preset to benchmark (default: the train section)")
+    ap.add_argument("--model", default="digits_cnn", help="model of train.zoo to benchmark (default: digits_cnn)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                    help="override a train param of the recipe, e.g. --set epochs=12 --set model=mlp")
+                    help="override a train param of the recipe, e.g. --set epochs=12 --set width=8")
     ap.add_argument("--paths", default="ours,naive")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
-    p = recipe(args.preset, args.set)
+    p = recipe(args.model, args.set)
     if args.worker:
         print(json.dumps(worker(args.worker, p)))
         return
     results = []
     for path in args.paths.split(","):
-        cmd = [sys.executable, __file__, "--worker", path, "--preset", args.preset]
+        cmd = [sys.executable, __file__, "--worker", path, "--model", args.model]
         cmd += [f"--set={item}" for item in args.set]
         out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)  # progress lines go to stderr
         results.append(json.loads(out.stdout.strip().splitlines()[-1]))
     keys = ["final_accuracy", "seconds_to_99.0", "seconds_to_99.5", "train_seconds", "train_images_per_second",
             "inference_images_per_second", "peak_rss_mb"]
     a = p.augment
-    print(f"machine: {platform.machine()}, {device.available_cpus()} CPUs, torch {torch.__version__}; preset "
-          f"{args.preset} {' '.join(args.set)}: {p.model}, {p.epochs} epochs, batch {p.batch_size}, "
+    print(f"machine: {platform.machine()}, {device.available_cpus()} CPUs, torch {torch.__version__}; model "
+          f"{args.model} {' '.join(args.set)}: {p.epochs} epochs, batch {p.batch_size}, "
           f"augmentation rotation {a.rotation_deg}° zoom {a.zoom} shift {a.shift}")
     print("| metric | " + " | ".join(r["path"] for r in results) + (" | naive/ours |" if len(results) == 2 else " |"))
     print("|---" * (len(results) + 1 + (len(results) == 2)) + "|")

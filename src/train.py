@@ -32,12 +32,13 @@ def main() -> None:
     train_split, val_split = data.load_split(data_dir / "train.pt"), data.load_split(data_dir / "val.pt")
     dev = device.select(p.device)
     device.configure(dev, p.seed, p.deterministic)
-    model = models.build(p.model, stats["mean"], stats["std"], **models.architecture_kwargs(p.model, p))
+    arch_kwargs = models.architecture_kwargs(p)
+    model = models.build(p.arch, stats["mean"], stats["std"], init=p.init, **arch_kwargs)
     model = training.prepare(model, p, dev)
     train_xy, val_xy = data.to_device(train_split, dev), data.to_device(val_split, dev)
     n_params = models.count_parameters(model)
     print(
-        f"{p.model}: {n_params:,} parameters on {device.describe(dev)}; "
+        f"{p.model} ({p.arch}): {n_params:,} parameters on {device.describe(dev)}; "
         f"{len(train_split)} train / {len(val_split)} val images"
     )
 
@@ -71,7 +72,8 @@ def main() -> None:
 
         meta = {
             "model": p.model,
-            "model_kwargs": models.architecture_kwargs(p.model, p),
+            "arch": p.arch,
+            "model_kwargs": arch_kwargs,
             "epoch": best.epoch,
             "val_accuracy": best.val_accuracy,
             "params": p.model_dump(),

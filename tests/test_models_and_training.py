@@ -17,8 +17,8 @@ from digits.data import DataError
 from digits.params import AugmentParams, TrainParams
 
 ARCH: dict[str, dict[str, Any]] = {
-    "mlp": {"hidden": [32, 16], "dropout": 0.0},
-    "cnn": {"width": 8, "dropout": 0.0, "depth": 1, "head": 0},
+    "mlp": {"hidden": [32, 16], "dropout": 0.0, "batchnorm": False},
+    "cnn": {"width": 8, "dropout": 0.0, "depth": 1, "head": 0, "stages": 3, "block_dropout": 0.0},
 }
 
 
@@ -27,7 +27,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 def train_params(**overrides: Any) -> TrainParams:
     base: dict[str, Any] = {
-        "model": "mlp",
+        "model": "test",
+        "arch": "mlp",
         "hidden": [32, 16],
         "width": 8,
         "dropout": 0.0,
@@ -125,6 +126,27 @@ def test_mlp_hidden_sizes_and_dropout() -> None:
     assert not any(isinstance(m, torch.nn.Dropout) for m in models.mlp([32, 16], dropout=0.0))
 
 
+def test_mlp_batchnorm_and_xavier_init() -> None:
+    body = models.mlp([32, 16], dropout=0.0, batchnorm=True)
+    assert [type(m).__name__ for m in body][1:5] == ["Linear", "BatchNorm1d", "ReLU", "Linear"]
+    assert body[1].bias is None  # BatchNorm makes the bias redundant
+    torch.manual_seed(0)
+    model = models.build("mlp", 0.0, 1.0, init="xavier", hidden=[32], dropout=0.0)
+    first = model[1][1]
+    bound = math.sqrt(6 / (784 + 32))  # Glorot-uniform limit
+    assert first.weight.abs().max() <= bound and first.weight.abs().max() > 0.9 * bound
+    assert torch.count_nonzero(first.bias) == 0
+
+
+def test_cnn_stages_and_block_dropout() -> None:
+    """The Keras notebook CNN: two stages (32, 64 channels), dropout after each pooling, dense head 128."""
+    body = models.cnn(32, 0.5, head=128, stages=2, block_dropout=0.25)
+    assert [m.out_channels for m in body if isinstance(m, torch.nn.Conv2d)] == [32, 64]
+    assert [m.p for m in body if isinstance(m, torch.nn.Dropout)] == [0.25, 0.25, 0.5]
+    assert [m.in_features for m in body if isinstance(m, torch.nn.Linear)] == [64 * 7 * 7, 128]
+    assert body(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+
+
 def test_cnn_width_scales_channels() -> None:
     convs = [m for m in models.cnn(8, 0.0) if isinstance(m, torch.nn.Conv2d)]
     assert [m.out_channels for m in convs] == [8, 16, 32]
@@ -133,8 +155,8 @@ def test_cnn_width_scales_channels() -> None:
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_architecture_kwargs_rebuild_the_same_shapes(name: str) -> None:
-    p = train_params(model=name)
-    kwargs = models.architecture_kwargs(name, p)
+    p = train_params(arch=name)
+    kwargs = models.architecture_kwargs(p)
     assert kwargs == ARCH[name]
     a = models.build(name, 0.0, 1.0, **kwargs)
     b = build(name)
@@ -147,7 +169,7 @@ def test_architecture_kwargs_rebuild_the_same_shapes(name: str) -> None:
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_fit_learns_separable_data_and_restores_best_epoch(name: str, train_xy, val_xy) -> None:
     model = build(name)
-    p = train_params(model=name, epochs=3)
+    p = train_params(arch=name, epochs=3)
     seen: list[training.Epoch] = []
     result = training.fit(model, train_xy, val_xy, p, on_epoch=seen.append)
     assert len(result.history) == 3
@@ -273,12 +295,12 @@ def restore_determinism(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 
 
 def test_same_seed_gives_identical_weights(train_xy, val_xy, restore_determinism) -> None:
-    p = train_params(model="cnn", epochs=2, dropout=0.25, augment=AugmentParams(rotation_deg=10, zoom=0.1, shift=0.1))
+    p = train_params(arch="cnn", epochs=2, dropout=0.25, augment=AugmentParams(rotation_deg=10, zoom=0.1, shift=0.1))
 
     def run(seed: int) -> tuple[dict[str, torch.Tensor], list[training.Epoch]]:
         device.configure(torch.device("cpu"), seed, deterministic=True)
         torch.set_num_threads(1)  # configure() sizes the pool to all CPUs; keep the test light
-        model = models.build("cnn", 0.2, 0.3, **models.architecture_kwargs("cnn", p))
+        model = models.build("cnn", 0.2, 0.3, **models.architecture_kwargs(p))
         result = training.fit(model, train_xy, val_xy, p.model_copy(update={"seed": seed}))
         return model.state_dict(), result.history
 
@@ -323,10 +345,11 @@ def test_epoch_rows(train_xy, val_xy) -> None:
 @pytest.mark.parametrize("name", ["mlp", "cnn"])
 def test_checkpoint_round_trip(name: str, tmp_path: Path, train_xy, val_xy) -> None:
     model = build(name, mean=0.1307, std=0.3081)
-    training.fit(model, train_xy, val_xy, train_params(model=name, epochs=1))
+    training.fit(model, train_xy, val_xy, train_params(arch=name, epochs=1))
     x, _ = val_xy
     expected = training.predict_logits(model, x)
-    meta = {"model": name, "model_kwargs": ARCH[name], "epoch": 1, "val_accuracy": 0.5, "params": {"lr": 0.01}}
+    meta = {"model": "test", "arch": name, "model_kwargs": ARCH[name], "epoch": 1, "val_accuracy": 0.5,
+            "params": {"lr": 0.01}}
     path = tmp_path / "models" / "model.pt"
     training.save_checkpoint(path, model, meta)
     assert sorted(p.name for p in path.parent.iterdir()) == ["model.pt"]
@@ -358,7 +381,7 @@ def test_load_checkpoint_missing_file(tmp_path: Path) -> None:
 
 def test_load_checkpoint_architecture_mismatch(tmp_path: Path) -> None:
     path = tmp_path / "model.pt"
-    training.save_checkpoint(path, build("cnn"), {"model": "cnn", "model_kwargs": {"width": 16, "dropout": 0.0}})
+    training.save_checkpoint(path, build("cnn"), {"arch": "cnn", "model_kwargs": {"width": 16, "dropout": 0.0}})
     with pytest.raises(DataError, match="not a usable checkpoint"):
         training.load_checkpoint(path)
 

@@ -100,10 +100,15 @@ def test_out_of_range(tmp_path: Path, base: dict[str, Any], section: str, key: s
     assert msg.count("\n  - ") == 1
 
 
-def test_unknown_model_lists_allowed_names(tmp_path: Path, base: dict[str, Any]) -> None:
+def test_unknown_model_lists_the_zoo(tmp_path: Path, base: dict[str, Any]) -> None:
     msg = load_error(write_variant(tmp_path, base, set_key("train", "model", "resnet")))
-    assert "'train.model'" in msg
-    assert "'resnet'" in msg
+    assert "'train.model' = 'resnet' is not in train.zoo; choose one of: " in msg
+    assert all(name in msg for name in base["train"]["zoo"])
+
+
+def test_unknown_architecture_lists_allowed_names(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, set_key("train", "arch", "resnet")))
+    assert "'train.arch' = 'resnet' is not allowed" in msg
     assert "'mlp'" in msg and "'cnn'" in msg
 
 

@@ -1,9 +1,10 @@
-"""Issue-3 recipe features: deeper/headed CNNs, BN folding for inference, EMA, channels_last, presets,
+"""Issue-3 recipe features: deeper/headed CNNs, BN folding for inference, EMA, channels_last, the model zoo,
 and the batched data path against a per-sample reference."""
 
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 from typing import Any
 
@@ -21,8 +22,8 @@ pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def tp(**overrides: Any) -> TrainParams:
-    base = dict(model="cnn", width=4, dropout=0.0, epochs=2, batch_size=32, optimizer="adam", lr=0.01, seed=0,
-                device="cpu", channels_last=False)
+    base = dict(model="test", arch="cnn", width=4, dropout=0.0, epochs=2, batch_size=32, optimizer="adam", lr=0.01,
+                seed=0, device="cpu", channels_last=False)
     return TrainParams(**(base | overrides))
 
 
@@ -118,39 +119,56 @@ def repo_params() -> dict:
     return yaml.safe_load((REPO / "params.yaml").read_text())
 
 
-@pytest.mark.parametrize("preset", [None, *repo_params()["train"].get("presets", {})])
-def test_every_preset_in_params_yaml_validates(preset):
+@pytest.mark.parametrize("name", list(repo_params()["train"]["zoo"]))
+def test_every_zoo_model_in_params_yaml_validates(name):
     raw = repo_params()
-    raw["train"]["preset"] = preset
+    raw["train"]["model"] = name
     p = params.validate(raw).train
-    assert p.preset == preset
-    for key, value in (raw["train"].get("presets", {}).get(preset) or {}).items():
+    assert p.model == name
+    for key, value in (raw["train"]["zoo"][name] or {}).items():
         got = getattr(p, key)
         assert (got.model_dump() if hasattr(got, "model_dump") else got) == (
             {**raw["train"][key], **value} if isinstance(value, dict) else value
         )
 
 
-def test_preset_overrides_only_what_it_names():
+@pytest.mark.parametrize("name", list(repo_params()["train"]["zoo"]))
+def test_every_zoo_model_builds_and_trains_one_epoch_on_tiny_data(name):
     raw = repo_params()
-    raw["train"]["presets"] = {"tiny": {"epochs": 1, "augment": {"zoom": 0.0}}}
-    raw["train"]["preset"] = "tiny"
+    raw["train"]["model"] = name
+    p = params.validate(raw).train.model_copy(update={"epochs": 1, "device": "cpu"})
+    torch.manual_seed(0)
+    model = training.prepare(models.build(p.arch, 0.2, 0.3, init=p.init, **models.architecture_kwargs(p)), p,
+                             torch.device("cpu"))  # fmt: skip
+    before = copy.deepcopy(model.state_dict())
+    result = training.fit(model, blobs(p.batch_size * 2, 1), blobs(20, 2), p)
+    assert len(result.history) == 1 and math.isfinite(result.best.train_loss)
+    assert any(not torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_zoo_entry_overrides_only_what_it_names():
+    raw = repo_params()
+    raw["train"]["zoo"] = {"tiny": {"epochs": 1, "augment": {"zoom": 0.0}}, "plain": None}
+    raw["train"]["model"] = "tiny"
     p = params.validate(raw).train
     assert p.epochs == 1 and p.augment.zoom == 0.0
     assert p.augment.rotation_deg == raw["train"]["augment"]["rotation_deg"]
     assert p.lr == raw["train"]["lr"]
+    raw["train"]["model"] = "plain"  # an entry with no keys: the train section as it is
+    assert params.validate(raw).train.epochs == raw["train"]["epochs"]
 
 
-def test_unknown_preset_and_bad_preset_keys_are_reported():
+def test_unknown_model_and_bad_zoo_keys_are_reported():
     raw = repo_params()
-    raw["train"]["presets"] = {"tiny": {"epoch": 1}, "bad": {"lr": 0}}
-    raw["train"]["preset"] = "huge"
+    raw["train"]["zoo"] = {"tiny": {"epoch": 1}, "bad": {"lr": 0}, "nested": {"model": "tiny"}}
+    raw["train"]["model"] = "huge"
     with pytest.raises(params.ParamsError) as err:
         params.validate(raw)
     text = str(err.value)
-    assert "'train.preset' = 'huge' is not defined in train.presets; choose one of: tiny, bad" in text
-    assert "unknown key 'train.presets.tiny.epoch'. Did you mean 'epochs'?" in text
-    assert "'train.presets.bad.lr' = 0" in text
+    assert "'train.model' = 'huge' is not in train.zoo; choose one of: tiny, bad, nested" in text
+    assert "unknown key 'train.zoo.tiny.epoch'. Did you mean 'epochs'?" in text
+    assert "'train.zoo.bad.lr' = 0" in text
+    assert "'train.zoo.nested' must be a mapping of train keys (other than model/zoo)" in text
 
 
 def test_ema_warm_up_follows_the_model_early_and_averages_later():

@@ -24,11 +24,13 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
-def mlp(hidden: list[int], dropout: float) -> nn.Sequential:
+def mlp(hidden: list[int], dropout: float, batchnorm: bool = False) -> nn.Sequential:
+    """Dense layers of the ``hidden`` sizes, each Linear → (BatchNorm) → ReLU → (Dropout)."""
     layers: list[nn.Module] = [nn.Flatten()]
     width = 28 * 28
     for h in hidden:
-        layers += [nn.Linear(width, h), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(width, h, bias=not batchnorm), *([nn.BatchNorm1d(h)] if batchnorm else [])]
+        layers.append(nn.ReLU(inplace=True))
         if dropout:
             layers.append(nn.Dropout(dropout))
         width = h
@@ -40,43 +42,61 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
     return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
-def cnn(width: int, dropout: float, depth: int = 1, head: int = 0) -> nn.Sequential:
-    """Conv-BN-ReLU blocks with w, 2w and 4w channels at 28, 14 and 7 px, each stage ending in 2×2 max-pooling.
+def cnn(
+    width: int, dropout: float, depth: int = 1, head: int = 0, stages: int = 3, block_dropout: float = 0.0
+) -> nn.Sequential:
+    """``stages`` conv stages of w, 2w, 4w channels at 28, 14, 7 px, each Conv-BN-ReLU block(s) → 2×2 max-pool
+    (→ Dropout ``block_dropout``).
 
-    ``depth`` conv layers in each of the 14 px and 7 px stages (the 28 px stage, on one input channel, has one);
-    ``head`` > 0 adds a hidden dense layer of that size before the classifier.
+    ``depth`` conv layers in each stage after the first (the first, on one input channel, has one); ``head`` > 0
+    adds a hidden dense layer of that size; ``dropout`` comes before the classifier.
     """
-    w = width
-    layers: list[nn.Module] = [*_conv_bn(1, w), nn.MaxPool2d(2)]
-    for c_in, c_out in ((w, 2 * w), (2 * w, 4 * w)):
-        layers += _conv_bn(c_in, c_out)
-        for _ in range(depth - 1):
-            layers += _conv_bn(c_out, c_out)
+    layers: list[nn.Module] = []
+    c_in = 1
+    for stage in range(stages):
+        c_out = width * 2**stage
+        for i in range(1 if stage == 0 else depth):
+            layers += _conv_bn(c_in if i == 0 else c_out, c_out)
         layers.append(nn.MaxPool2d(2))
-    features = 4 * w * 3 * 3
+        if block_dropout:
+            layers.append(nn.Dropout(block_dropout))
+        c_in = c_out
+    side = 28 >> stages
+    features = c_in * side * side
+    layers.append(nn.Flatten())
     if head:
-        layers += [nn.Flatten(), nn.Linear(features, head), nn.ReLU(inplace=True)]
+        layers += [nn.Linear(features, head), nn.ReLU(inplace=True)]
         features = head
-    return nn.Sequential(*layers, nn.Flatten(), nn.Dropout(dropout), nn.Linear(features, 10))
+    return nn.Sequential(*layers, nn.Dropout(dropout), nn.Linear(features, 10))
 
 
-def build(name: str, mean: float, std: float, **kwargs: Any) -> nn.Sequential:
-    """Build a model by name. ``kwargs`` are that architecture's own settings."""
-    if name == "mlp":
-        body = mlp(kwargs["hidden"], kwargs["dropout"])
-    elif name == "cnn":
-        body = cnn(kwargs["width"], kwargs["dropout"], kwargs.get("depth", 1), kwargs.get("head", 0))
-    else:
-        raise ValueError(f"unknown model '{name}'; choose one of: mlp, cnn")
+ARCHITECTURES = {"mlp": mlp, "cnn": cnn}
+ARCHITECTURE_KEYS = {
+    "mlp": ("hidden", "dropout", "batchnorm"),
+    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout"),
+}
+
+
+def build(arch: str, mean: float, std: float, init: str = "default", **kwargs: Any) -> nn.Sequential:
+    """Build an architecture by name (``mlp`` | ``cnn``); ``kwargs`` are its own settings (``architecture_kwargs``).
+
+    ``init="xavier"``: Xavier/Glorot-uniform weights and zero biases for every Linear and Conv2d layer.
+    """
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture '{arch}'; choose one of: {', '.join(ARCHITECTURES)}")
+    body = ARCHITECTURES[arch](**kwargs)
+    if init == "xavier":
+        for m in body.modules():
+            if isinstance(m, nn.Linear | nn.Conv2d):
+                nn.init.xavier_uniform_(m.weight)
+                if m.bias is not None:
+                    nn.init.zeros_(m.bias)
     return nn.Sequential(Standardize(mean, std), body)
 
 
-def architecture_kwargs(name: str, train_params: Any) -> dict[str, Any]:
-    """The subset of train params that defines the architecture (stored in checkpoints to rebuild it)."""
-    if name == "mlp":
-        return {"hidden": list(train_params.hidden), "dropout": train_params.dropout}
-    p = train_params
-    return {"width": p.width, "dropout": p.dropout, "depth": p.depth, "head": p.head}
+def architecture_kwargs(train_params: Any) -> dict[str, Any]:
+    """The train params that define the architecture ``train_params.arch`` (stored in checkpoints to rebuild it)."""
+    return {k: copy.copy(getattr(train_params, k)) for k in ARCHITECTURE_KEYS[train_params.arch]}
 
 
 def fuse_for_inference(model: nn.Module) -> nn.Module:

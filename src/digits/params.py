@@ -43,13 +43,17 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    preset: str | None = None  # the name of the entry of ``train.presets`` applied on top of these keys
-    model: Literal["mlp", "cnn"]
+    model: str  # the name of the entry of ``train.zoo`` whose keys are applied on top of these
+    arch: Literal["mlp", "cnn"]
     hidden: list[Annotated[int, Field(ge=1)]] = [128, 128]
+    batchnorm: bool = False
     width: Annotated[int, Field(ge=1)] = 32
+    stages: Annotated[int, Field(ge=1, le=3)] = 3
     depth: Annotated[int, Field(ge=1, le=4)] = 1
     head: Annotated[int, Field(ge=0)] = 0
+    block_dropout: Fraction = 0.0
     dropout: Fraction = 0.0
+    init: Literal["default", "xavier"] = "default"
     epochs: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)]
     optimizer: Literal["adam", "adamw", "sgd"]
@@ -126,39 +130,40 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply_preset(train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Apply ``train.presets[train.preset]`` over the train keys; check every preset. Returns (train, problems)."""
+def _apply_zoo(train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Apply ``train.zoo[train.model]`` over the train keys; check every zoo entry. Returns (train, problems)."""
     train = dict(train)
-    presets = train.pop("presets", None) or {}
-    if not isinstance(presets, dict):
-        return train, ["'train.presets' must map preset names to train keys"]
+    zoo = train.pop("zoo", None) or {}
+    if not isinstance(zoo, dict):
+        return train, ["'train.zoo' must map model names to train keys"]
+    zoo = {name: {} if entry is None else entry for name, entry in zoo.items()}  # `name:` alone = no overrides
     problems = []
-    for name, overrides in presets.items():
-        if not isinstance(overrides, dict) or {"preset", "presets"} & set(overrides):
-            problems.append(f"'train.presets.{name}' must be a mapping of train keys (other than preset/presets)")
+    for name, overrides in zoo.items():
+        if not isinstance(overrides, dict) or {"model", "zoo"} & set(overrides):
+            problems.append(f"'train.zoo.{name}' must be a mapping of train keys (other than model/zoo)")
             continue
         try:
-            TrainParams.model_validate(_merge(train, overrides) | {"preset": name})
-        except ValidationError as exc:  # report only what the preset itself sets; base errors come later
+            TrainParams.model_validate(_merge(train, overrides) | {"model": name})
+        except ValidationError as exc:  # report only what the entry itself sets; base errors come later
             own = [e for e in exc.errors() if e["loc"][0] in overrides]
-            problems += [_describe(e, TrainParams, ("train", "presets", str(name))) for e in own]
-    name = train.get("preset")
-    if name is None:
+            problems += [_describe(e, TrainParams, ("train", "zoo", str(name))) for e in own]
+    name = train.get("model")
+    if name is None:  # reported by the schema as a missing key
         return train, problems
-    if name not in presets:
-        choices = ", ".join(map(str, presets)) or "none defined"
-        problems.append(f"'train.preset' = {name!r} is not defined in train.presets; choose one of: {choices}")
+    if name not in zoo:
+        choices = ", ".join(map(str, zoo)) or "none defined"
+        problems.append(f"'train.model' = {name!r} is not in train.zoo; choose one of: {choices}")
         return train, problems
-    return _merge(train, presets[name]), problems
+    return (_merge(train, zoo[name]) if isinstance(zoo[name], dict) else train), problems
 
 
 def validate(raw: Any, source: str = "params") -> Params:
-    """Validate a parsed params mapping (presets applied), raising ParamsError with one line per problem."""
+    """Validate a parsed params mapping (the train.zoo entry applied), raising ParamsError with one line per problem."""
     if not isinstance(raw, dict):
         raise ParamsError(f"{source}: expected a mapping of sections, got {type(raw).__name__}")
     problems: list[str] = []
     if isinstance(raw.get("train"), dict):
-        train, problems = _apply_preset(raw["train"])
+        train, problems = _apply_zoo(raw["train"])
         raw = {**raw, "train": train}
     try:
         params = Params.model_validate(raw)

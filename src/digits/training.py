@@ -169,7 +169,7 @@ def fit(
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
-    """state_dict + everything needed to rebuild the model (name, architecture kwargs) + provenance."""
+    """state_dict + everything needed to rebuild the model (``arch``, ``model_kwargs``) + provenance."""
     files.write_torch(path, {"state_dict": model.state_dict(), **meta})
 
 
@@ -178,7 +178,7 @@ def load_checkpoint(path: str | Path, device: torch.device | str = "cpu") -> tup
     try:
         ckpt = torch.load(path, map_location=device, weights_only=True)
         state = ckpt.pop("state_dict")
-        model = models.build(ckpt["model"], mean=0.0, std=1.0, **ckpt["model_kwargs"])
+        model = models.build(ckpt["arch"], mean=0.0, std=1.0, **ckpt["model_kwargs"])
         model.load_state_dict(state)
     except FileNotFoundError:
         raise data.DataError(f"{path}: no checkpoint; run the train stage first") from None
