@@ -6,7 +6,9 @@ counts, MD5s of the raw files) to OUT_DIR, and the class-distribution and sample
 
 from pathlib import Path
 
-from digits import data, download, figures, files, params, stage
+from digits import data, figures, files, params, stage
+
+RAW_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 
 
 def main() -> None:
@@ -18,8 +20,8 @@ def main() -> None:
     p = params.load(args.params).preprocess
     raw, out, fig = Path(args.raw_dir), Path(args.out_dir), Path(args.fig_dir)
 
-    full_train = data.read_idx_pair(raw / "train-images-idx3-ubyte", raw / "train-labels-idx1-ubyte")
-    test = data.read_idx_pair(raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte")
+    full_train = data.read_idx_pair(raw / RAW_FILES[0], raw / RAW_FILES[1])
+    test = data.read_idx_pair(raw / RAW_FILES[2], raw / RAW_FILES[3])
     full_train = data.subset(full_train, p.train_limit, p.seed)
     test = data.subset(test, p.test_limit, p.seed)
     train_idx, val_idx = data.stratified_indices(full_train.labels.numpy(), p.val_fraction, p.seed)
@@ -28,13 +30,17 @@ def main() -> None:
         "val": data.Split(full_train.images[val_idx], full_train.labels[val_idx]),
         "test": test,
     }
+    empty = [name for name, split in splits.items() if len(split) == 0]
+    if empty:
+        raise data.DataError(f"the {' and '.join(empty)} split would be empty: raise preprocess.train_limit / "
+                             f"test_limit or preprocess.val_fraction")  # fmt: skip
     pixels = splits["train"].images.float().div_(255.0)
     stats = {
         "mean": pixels.mean().item(),
         "std": pixels.std().item(),
         "sizes": {name: len(s) for name, s in splits.items()},
         "class_counts": {name: s.labels.bincount(minlength=10).tolist() for name, s in splits.items()},
-        "raw_md5": {name: files.md5_file(raw / name) for name in download.MNIST_MD5},
+        "raw_md5": {name: files.md5_file(raw / name) for name in RAW_FILES},
     }
     for name, split in splits.items():
         data.save_split(out / f"{name}.pt", split)

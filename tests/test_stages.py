@@ -135,6 +135,16 @@ def test_preprocess_rejects_truncated_idx(tmp_path: Path):
     assert not (tmp_path / "processed").exists()
 
 
+def test_preprocess_refuses_an_empty_validation_split(tmp_path: Path):
+    raw = tmp_path / "raw"
+    make_idx_dataset(raw, n_train=300, n_test=20, seed=0)
+    params = write_params(tmp_path / "params.yaml", preprocess={"train_limit": 100, "val_fraction": 0.001})
+    proc = stage("preprocess.py", raw, tmp_path / "processed", tmp_path / "figures", params=params, tmp=tmp_path)
+    assert proc.returncode == 2
+    assert "error: the val split would be empty" in proc.stderr and "preprocess.val_fraction" in proc.stderr
+    assert not (tmp_path / "processed").exists()
+
+
 def test_evaluate_rejects_a_missing_checkpoint(tmp_path: Path, processed: Path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     run = client.create_run(client.create_experiment("digits"))
