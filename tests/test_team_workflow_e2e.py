@@ -99,7 +99,7 @@ def test_queued_experiments_run_two_at_a_time_into_the_same_store(baseline: Path
     check_new_runs(baseline, before, {"0.01", "0.003"})
 
 
-def test_run_all_runs_the_queue_in_the_foreground(baseline: Path):
+def test_run_all_runs_what_is_queued(baseline: Path):
     before = len(mlflow_runs(baseline))
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.02"], baseline)
     run(["dvc", "exp", "run", "--run-all"], baseline)
