@@ -3,6 +3,7 @@
 #   bash scripts/dev.sh repro [dvc repro args]   full pipeline on real MNIST
 #   bash scripts/dev.sh test  [pytest args]      the test suite (what CI runs)
 #   bash scripts/dev.sh ui                       MLflow UI on the project's store (PORT=5000)
+#   bash scripts/dev.sh review [BASE]            PR review Markdown against BASE (main) in pr-report/
 #   bash scripts/dev.sh setup                    only create/refresh .venv
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -29,5 +30,6 @@ case $task in
     test)  setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest "$@" ;;
     ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}" \
                --host 127.0.0.1 --port "${PORT:-5000}" ;;
-    *) sed -n '2,6p' "$root/scripts/dev.sh" >&2; exit 64 ;;
+    review) setup; PATH="$root/.venv/bin:$PATH" exec python scripts/pr_report.py "${1:-main}" "${@:2}" ;;
+    *) sed -n '2,7p' "$root/scripts/dev.sh" >&2; exit 64 ;;
 esac

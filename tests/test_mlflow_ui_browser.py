@@ -1,0 +1,132 @@
+"""The MLflow UI on a project store, seen in a real headless Chromium: the documented `bash scripts/dev.sh ui`
+serves it on a free loopback port; the experiment's runs table shows each run's `lr` and test accuracy, and the
+compare view of the runs opens. Screenshots go to the test's tmp_path."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import mlflow
+import pytest
+from helpers import BIN, REPO, closed_port
+
+pytestmark = [pytest.mark.e2e, pytest.mark.browser]
+# root in a container needs --no-sandbox; the rest keeps Chromium off the network (Playwright gives it a fresh profile)
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+RUNS = {"exp-brisk-lr": ("0.01", 0.9731), "exp-gentle-lr": ("0.003", 0.9512)}  # run name: (lr, test accuracy)
+
+
+def chromium() -> str:
+    """The system Chromium's path; skips the test, saying why, where none is installed."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no Chromium on PATH: install Debian's `chromium` (.ci/run does) to run the browser test")
+
+
+@pytest.fixture
+def store(tmp_path) -> tuple[str, dict[str, str]]:
+    """A sqlite MLflow store holding two finished runs of the `digits` experiment; (experiment id, name -> run id)."""
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = client.create_experiment("digits", artifact_location=(tmp_path / "mlartifacts").as_uri())
+    ids = {}
+    for name, (lr, accuracy) in RUNS.items():
+        run = client.create_run(exp, run_name=name, tags={"dvc_exp_name": name})
+        client.log_param(run.info.run_id, "lr", lr)
+        client.log_metric(run.info.run_id, "test_accuracy", accuracy)
+        client.set_terminated(run.info.run_id)
+        ids[name] = run.info.run_id
+    return exp, ids
+
+
+@pytest.fixture
+def ui(tmp_path, store) -> Iterator[str]:
+    """The UI on the test store, started by the README's command, on a free 127.0.0.1 port; its base URL."""
+    port = closed_port()
+    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PORT": str(port)}
+    if (REPO / ".venv/bin/mlflow").exists():  # set up by `bash scripts/dev.sh test`, as in CI
+        cmd = ["bash", str(REPO / "scripts/dev.sh"), "ui"]
+    else:  # a shared environment (this project's helper setup): the same command line dev.sh runs
+        cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", env["MLFLOW_TRACKING_URI"], "--host", "127.0.0.1",
+               "--port", str(port)]
+    log = (tmp_path / "ui.log").open("w")
+    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 180  # a cold start on a busy 2-core machine takes up to a minute
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
+                    if reply.status == 200:
+                        break
+            except OSError:
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"MLflow UI did not come up on {url}:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
+            time.sleep(1)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)  # the UI's own process group: the server and its workers
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+        log.close()
+
+
+def test_runs_with_lr_and_accuracy_are_visible_and_compare_opens(ui: str, store, tmp_path: Path):
+    executable = chromium()
+    sync_api = pytest.importorskip("playwright.sync_api", reason="the playwright package is a dev dependency")
+    experiment_id, run_ids = store
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=executable, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 2000, "height": 900})
+        page.set_default_timeout(90_000)  # the React app's first render is slow on a loaded machine
+
+        page.goto(f"{ui}/#/experiments/{experiment_id}/runs")
+        for name in RUNS:
+            page.get_by_role("link", name=name).wait_for()
+        close_assistant = page.get_by_role("button", name="Close", exact=True)  # MLflow 3's chat panel takes room
+        if close_assistant.count() == 1:
+            close_assistant.click()
+        page.get_by_role("button", name="Columns").click()  # params and metrics are opt-in columns in MLflow 3
+        for column in ("lr", "test_accuracy"):
+            page.locator("[class*=tree-treenode]", has=page.get_by_title(column, exact=True)) \
+                .locator("[class*=tree-checkbox]").first.click()
+        page.keyboard.press("Escape")
+        headers = page.get_by_role("columnheader")
+        for column in ("lr", "test_accuracy"):
+            headers.filter(has_text=column).first.wait_for()
+        for name, (lr, accuracy) in RUNS.items():  # ag-grid splits a row into pinned parts, all with its row-id
+            row = page.locator(f"[role=row][row-id='{run_ids[name]}']")
+            text = " ".join(row.all_inner_texts()).split()
+            assert name in text and lr in text and str(accuracy) in text, (name, text)
+        page.screenshot(path=tmp_path / "runs.png")
+
+        for name in RUNS:
+            page.locator(f"[role=row][row-id='{run_ids[name]}'] [role=checkbox], "
+                         f"[role=row][row-id='{run_ids[name]}'] input[type=checkbox]").first.click()
+        page.get_by_role("button", name="Compare").click()
+        page.get_by_text("Comparing 2 Runs").wait_for()
+        assert "compare-runs" in page.url
+        for name in RUNS:
+            page.get_by_text(name, exact=True).first.wait_for()
+        params = page.locator("tr", has=page.get_by_text("lr", exact=True)).first.inner_text().split()
+        assert params == ["lr", "0.01", "0.003"] or params == ["lr", "0.003", "0.01"], params
+        page.get_by_role("link", name="test_accuracy").wait_for()  # the metrics grid: name, then one cell per run
+        for _, accuracy in RUNS.values():
+            page.get_by_text(f"{accuracy:.3f}", exact=True).first.wait_for()
+        page.set_viewport_size({"width": 2000, "height": 1600})  # the page scrolls inside the app: show the tables
+        page.get_by_text("Show diff only").last.scroll_into_view_if_needed()
+        page.screenshot(path=tmp_path / "compare.png")
+        browser.close()
+    print(f"screenshots: {tmp_path / 'runs.png'} {tmp_path / 'compare.png'}")

@@ -1,0 +1,151 @@
+"""End to end, the team's day-to-day workflow in a temporary git repository with the small-data params:
+the default DVC remote (push, then pull in a fresh clone), queued experiments landing in the one MLflow store, and
+the pull-request report of a branch that changes `train.lr` against `main`."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import BIN, git_commit, mlflow_runs, run
+
+from digits.files import md5_file
+
+pytestmark = pytest.mark.e2e
+RESTORED = ("data/raw/train-images-idx3-ubyte", "data/processed/train.pt", "data/processed/test.pt",
+            "models/model.pt", "models/run.json")
+
+
+@pytest.fixture(scope="module")
+def baseline(project: Path) -> Path:
+    """The project after a real `dvc repro`, its outputs committed on `main`."""
+    run(["dvc", "repro"], project)
+    git_commit(project, "dvc repro")
+    return project
+
+
+def test_default_remote_push_then_pull_into_a_fresh_clone(baseline: Path):
+    storage = baseline.parent / "digits-dvc-storage"  # the default remote: a directory next to the checkout
+    assert "storage" in run(["dvc", "remote", "list"], baseline).stdout
+    assert not storage.exists()
+    run(["dvc", "push"], baseline)
+    assert storage.is_dir() and any(storage.rglob("*"))
+
+    clone = baseline.parent / "digits-clone"  # next to the original, so `../digits-dvc-storage` is the same
+    run(["git", "clone", "-q", str(baseline), str(clone)], baseline.parent)
+    assert not (clone / "models/model.pt").exists()
+    run(["dvc", "pull"], clone)
+    for rel in RESTORED:
+        assert md5_file(clone / rel) == md5_file(baseline / rel), rel
+    assert "up to date" in run(["dvc", "status"], clone).stdout
+    shutil.rmtree(clone)
+
+
+def queue_idle(project: Path) -> bool:
+    status = run(["dvc", "queue", "status"], project).stdout
+    return not re.search(r"\b(Queued|Running)\b", status)
+
+
+def wait_for_queue(project: Path, timeout_s: float = 900) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not queue_idle(project):
+        if time.monotonic() > deadline:
+            pytest.fail("queued experiments still running after 15 min:\n"
+                        + run(["dvc", "queue", "status"], project).stdout)
+        time.sleep(3)
+
+
+def shown_experiments(project: Path) -> dict[str, dict]:
+    """`dvc exp show --json`: experiment name -> its data (params, metrics)."""
+    shown = {}
+    for baseline in json.loads(run(["dvc", "exp", "show", "--json"], project).stdout):  # workspace, then HEAD
+        for experiment in baseline.get("experiments") or []:
+            shown.update((rev["name"], rev["data"]) for rev in experiment["revs"])
+    return shown
+
+
+def check_new_runs(project: Path, before: int, lrs: set[str]) -> None:
+    """The runs added since ``before`` are one per learning rate, finished, tagged with an experiment name that
+    `dvc exp show` lists with that learning rate and the same test accuracy."""
+    new = mlflow_runs(project)[before:]
+    assert {r.data.params["lr"] for r in new} == lrs and len(new) == len(lrs)
+    shown = shown_experiments(project)
+    for r in new:
+        assert r.info.status == "FINISHED"
+        name = r.data.tags["dvc_exp_name"]
+        assert r.info.run_name == name and name in shown, (name, list(shown))
+        data = shown[name]
+        assert str(data["params"]["params.yaml"]["data"]["train"]["lr"]) == r.data.params["lr"]
+        accuracy = data["metrics"]["metrics/evaluate.json"]["data"]["test_accuracy"]
+        assert r.data.metrics["test_accuracy"] == pytest.approx(accuracy)
+        assert r.info.artifact_uri.startswith((project / "mlartifacts").resolve().as_uri())
+    table = run(["dvc", "exp", "show", "--md"], project).stdout
+    assert all(r.data.tags["dvc_exp_name"] in table for r in new) and "test_accuracy" in table
+
+
+def test_queued_experiments_run_two_at_a_time_into_the_same_store(baseline: Path):
+    before = len(mlflow_runs(baseline))
+    for lr in ("0.01", "0.003"):
+        run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}"], baseline)
+    run(["dvc", "queue", "start", "-j", "2"], baseline)
+    wait_for_queue(baseline)
+    status = run(["dvc", "queue", "status"], baseline).stdout
+    assert "Failed" not in status, status
+    check_new_runs(baseline, before, {"0.01", "0.003"})
+
+
+def test_run_all_runs_what_is_queued(baseline: Path):
+    before = len(mlflow_runs(baseline))
+    run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.02"], baseline)
+    run(["dvc", "exp", "run", "--run-all"], baseline)
+    wait_for_queue(baseline)
+    check_new_runs(baseline, before, {"0.02"})
+
+
+def test_pr_report_shows_the_branch_changes_against_main(baseline: Path, tmp_path: Path):
+    base_lr = yaml.safe_load((baseline / "params.yaml").read_text())["train"]["lr"]
+    base_accuracy = json.loads((baseline / "metrics/evaluate.json").read_text())["test_accuracy"]
+    run(["git", "checkout", "-q", "-b", "faster-lr"], baseline)
+    params = yaml.safe_load((baseline / "params.yaml").read_text())
+    params["train"]["lr"] = 0.05
+    (baseline / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    run(["dvc", "repro"], baseline)
+    git_commit(baseline, "train.lr 0.05")
+    accuracy = json.loads((baseline / "metrics/evaluate.json").read_text())["test_accuracy"]
+    assert accuracy != base_accuracy  # the setup this test relies on: the metric moved
+
+    out_dir = tmp_path / "pr"
+    printed = pr_report(baseline, "main", out_dir)
+    report = (out_dir / "report.md").read_text()
+    assert printed == str(out_dir / "report.md")
+    assert report.startswith("<!-- digits-pr-review -->")
+    params_rows = [line for line in report.splitlines() if line.startswith("| params.yaml")]
+    assert [re.split(r"\s*\|\s*", row)[2:5] for row in params_rows] == [["train.lr", str(base_lr), "0.05"]]
+    metric_row = next(line for line in report.splitlines() if "| test_accuracy " in line)
+    assert [float(x) for x in re.split(r"\s*\|\s*", metric_row)[3:5]] == pytest.approx([base_accuracy, accuracy],
+                                                                                         abs=1e-5)
+    figures = dict(re.findall(r"!\[([^\]]+)\]\(([^)]+)\)", report))
+    assert "reports/figures/training_curves.png" in figures
+    assert "reports/figures/training_curves.png on main" in figures
+    assert "reports/figures/samples.png" not in figures  # preprocess did not change: the figure is the same
+    for name, link in figures.items():
+        assert (out_dir / link).is_file(), (name, link)
+    new = out_dir / figures["reports/figures/training_curves.png"]
+    assert new.read_bytes() == (baseline / "reports/figures/training_curves.png").read_bytes()
+
+    run(["git", "checkout", "-q", "main"], baseline)  # metrics and figures are git-tracked: back to main's
+    pr_report(baseline, "HEAD", out_dir)
+    report = (out_dir / "report.md").read_text()
+    for nothing in ("No parameter changed.", "No metric changed.", "No figure changed."):
+        assert nothing in report
+
+
+def pr_report(project: Path, base: str, out_dir: Path) -> str:
+    """Run the project's scripts/pr_report.py as a user would; return what it printed."""
+    cmd = [str(BIN / "python"), "scripts/pr_report.py", base, "--out-dir", str(out_dir)]
+    return run(cmd, project).stdout.strip()
