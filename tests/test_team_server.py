@@ -122,13 +122,12 @@ def test_pipeline_logs_runs_metrics_and_models_to_the_team_server(team_server, p
     [logged] = client.search_logged_models(experiment_ids=[r.info.experiment_id])
     assert logged.source_run_id == r.info.run_id
 
+    mlflow.set_tracking_uri(uri)
     if "register" in yaml.safe_load((project / "dvc.yaml").read_text())["stages"]:  # the pipeline registers
         [name] = [m.name for m in client.search_registered_models() if "champion" in m.aliases]
     else:  # no register stage yet: register the run's logged model and set the alias here
         name = "digits"
-        version = mlflow.register_model(logged.model_uri, name, tracking_uri=uri).version
-        client.set_registered_model_alias(name, "champion", version)
-    mlflow.set_tracking_uri(uri)
+        client.set_registered_model_alias(name, "champion", mlflow.register_model(logged.model_uri, name).version)
     model = mlflow.pytorch.load_model(f"models:/{name}@champion")
     assert model(torch.zeros(2, 1, 28, 28)).shape == (2, 10)
 
