@@ -3,14 +3,17 @@
 Writes MODEL_DIR/model.pt (state_dict + metadata), MODEL_DIR/run.json (MLflow run + run identity),
 METRICS_DIR/train.json, METRICS_DIR/plots/train_curves.csv and FIG_DIR/training_curves.png.
 Everything is logged to one MLflow run, which the evaluate and report stages continue.
+Data-parallel: `train.nproc` > 1 relaunches this script under torchrun (or start it with torchrun yourself);
+every rank trains on its shard, only rank 0 logs to MLflow and writes outputs.
 """
 
+from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
 import torch
 
-from digits import data, device, figures, files, models, params, stage, tracking, training
+from digits import data, device, distributed, figures, files, models, params, stage, tracking, training
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, object]:
@@ -27,34 +30,45 @@ def main() -> None:
     args = ap.parse_args()
     p = params.load(args.params).train
     data_dir, model_dir, metrics_dir = Path(args.data_dir), Path(args.model_dir), Path(args.metrics_dir)
+    tracking.require_server()  # an unreachable tracking server fails now, not after training
+    if p.nproc > 1 and not distributed.launched():
+        distributed.relaunch(p.nproc)
 
     stats = files.read_json(data_dir / "stats.json", "preprocess")
     train_split, val_split = data.load_split(data_dir / "train.pt"), data.load_split(data_dir / "val.pt")
     dev = device.select(p.device)
     device.configure(dev, p.seed, p.deterministic)
+    dev = distributed.setup(dev)
+    main_rank = distributed.is_main()  # distributed: only rank 0 prints, logs to MLflow and writes outputs
     arch_kwargs = models.architecture_kwargs(p)
     model = models.build(p.arch, stats["mean"], stats["std"], init=p.init, **arch_kwargs)
     model = training.prepare(model, p, dev)
     train_xy, val_xy = data.to_device(train_split, dev), data.to_device(val_split, dev)
     n_params = models.count_parameters(model)
-    print(
-        f"{p.model} ({p.arch}): {n_params:,} parameters on {device.describe(dev)}; "
-        f"{len(train_split)} train / {len(val_split)} val images"
-    )
-
-    md5_tags = {f"data_md5.{k}": v for k, v in stats["raw_md5"].items()}
-    with tracking.start_run("train", tags={"device": device.describe(dev), **md5_tags}) as run:
-        mlflow.log_params(
-            {
-                **flat(p.model_dump()),
-                "n_parameters": n_params,
-                "device": device.describe(dev),
-                "train_size": len(train_split),
-                "val_size": len(val_split),
-            }
+    if main_rank:
+        print(
+            f"{p.model} ({p.arch}): {n_params:,} parameters on {device.describe(dev)} "
+            f"× {distributed.world_size()} process(es); {len(train_split)} train / {len(val_split)} val images"
         )
 
+    md5_tags = {f"data_md5.{k}": v for k, v in stats["raw_md5"].items()}
+    tags = {"device": device.describe(dev), **md5_tags}
+    with tracking.start_run("train", tags) if main_rank else nullcontext() as run:
+        if main_rank:
+            mlflow.log_params(
+                {
+                    **flat(p.model_dump()),
+                    "n_parameters": n_params,
+                    "device": device.describe(dev),
+                    "world_size": distributed.world_size(),
+                    "train_size": len(train_split),
+                    "val_size": len(val_split),
+                }
+            )
+
         def on_epoch(e: training.Epoch) -> None:
+            if not main_rank:
+                return
             print(
                 f"epoch {e.epoch:3d}  loss {e.train_loss:.4f}  acc {e.train_accuracy:.4f}  "
                 f"val_loss {e.val_loss:.4f}  val_acc {e.val_accuracy:.4f}  lr {e.lr:.2e}  {e.epoch_seconds:.1f}s",
@@ -63,6 +77,8 @@ def main() -> None:
             mlflow.log_metrics({k: v for k, v in vars(e).items() if k != "epoch"}, step=e.epoch)
 
         result = training.fit(model, train_xy, val_xy, p, on_epoch)
+        if not main_rank:
+            return
         best = result.best
         seconds = sum(e.epoch_seconds for e in result.history)
         print(

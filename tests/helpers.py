@@ -70,10 +70,12 @@ def closed_port() -> int:
         return s.getsockname()[1]
 
 
-def run(cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run a command of the test environment in ``cwd`` without the caller's DVC_/MLFLOW_ variables; fail the test,
-    showing its output, when it exits non-zero (unless ``check=False``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+def run(
+    cmd: list[str], cwd: Path, check: bool = True, timeout: float = 900, **extra_env: str
+) -> subprocess.CompletedProcess:
+    """Run a command of the test environment in ``cwd`` without the caller's DVC_/MLFLOW_ variables (plus
+    ``extra_env``); fail the test, showing its output, when it exits non-zero (unless ``check=False``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))} | extra_env
     env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:

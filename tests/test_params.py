@@ -90,6 +90,7 @@ def test_wrong_type(tmp_path: Path, base: dict[str, Any]) -> None:
         ("preprocess", "val_fraction", 1, "less than 1"),
         ("train", "epochs", 0, "greater than or equal to 1"),
         ("train", "dropout", 1.0, "less than 1"),
+        ("train", "nproc", 0, "greater than or equal to 1"),
     ],
 )
 def test_out_of_range(tmp_path: Path, base: dict[str, Any], section: str, key: str, value: Any, bound: str) -> None:

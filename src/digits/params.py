@@ -74,6 +74,7 @@ class TrainParams(Section):
     channels_last: bool = True
     amp: bool = True
     compile: bool = False
+    nproc: Annotated[int, Field(ge=1, le=256)] = 1  # >1: the stage relaunches itself under torchrun (DDP)
 
 
 class EvaluateParams(Section):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import http.client
 import os
 import subprocess
+import urllib.request
 from pathlib import Path
 
 import mlflow
@@ -33,6 +35,23 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
 
 
+def require_server(uri: str | None = None, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, naming the URI, when an HTTP tracking server does not answer its ``/health`` endpoint.
+
+    MLflow's own client retries for minutes; stores that are not servers (sqlite, files) need no check.
+    """
+    uri = uri or tracking_uri()
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        with urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=timeout_s) as reply:
+            reply.read()
+    except (OSError, http.client.HTTPException) as exc:
+        reason = getattr(exc, "reason", None) or exc
+        hint = "start it (bash scripts/team-server.sh) or unset MLFLOW_TRACKING_URI to use the local sqlite store"
+        raise UserError(f"MLflow tracking server {uri} is unreachable ({reason}); {hint}") from None
+
+
 def artifact_location() -> str:
     return (project_root() / "mlartifacts").as_uri()
 
@@ -40,6 +59,7 @@ def artifact_location() -> str:
 def experiment_id(name: str | None = None) -> str:
     """Point MLflow at the project store and return the experiment's id, creating it if needed."""
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
+    require_server()
     mlflow.set_tracking_uri(tracking_uri())
     exp = mlflow.get_experiment_by_name(name)
     if exp is not None:
@@ -87,6 +107,7 @@ def start_run(run_name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
 def require_run(run_id: str) -> None:
     """Fail early, with one clear line, if the train stage's run is not in the current store."""
     uri = tracking_uri()
+    require_server(uri)
     mlflow.set_tracking_uri(uri)
     try:
         mlflow.MlflowClient().get_run(run_id)

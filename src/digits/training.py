@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from digits import data, files, models
+from digits import data, distributed, files, models
 from digits.params import TrainParams
 
 
@@ -120,26 +120,30 @@ def fit(
     """
     x, y = train
     gen = torch.Generator(device=x.device).manual_seed(p.seed)
+    # distributed: the shared generator draws only the permutations; augmentation gets a generator per rank
+    aug_gen = gen
+    if distributed.world_size() > 1:
+        aug_gen = torch.Generator(device=x.device).manual_seed(p.seed + 1 + distributed.rank())
     steps = -(-len(y) // p.batch_size)
     opt = make_optimizer(p, model)
     sched, per_batch = make_scheduler(p, opt, steps)
     ema = EMA(model, p.ema_decay) if p.ema_decay else None
     kept = ema.module if ema is not None else model  # the weights that are evaluated and checkpointed
-    step_model = torch.compile(model) if p.compile else model
+    step_model = distributed.wrap(model)  # distributed: DDP all-reduces the gradients
+    step_model = torch.compile(step_model) if p.compile else step_model
     autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p.amp and x.device.type == "cuda")
     aug = p.augment
     history: list[Epoch] = []
     best_epoch, best_key, best_state, stopped_early = 0, (-1.0, 0.0), {}, False
     for epoch in range(1, p.epochs + 1):
         model.train()
-        start, loss_sum, correct = time.perf_counter(), torch.zeros((), device=x.device), 0
+        start, loss_sum, correct, seen = time.perf_counter(), torch.zeros((), device=x.device), 0, 0
         lr = opt.param_groups[0]["lr"]
-        bar = tqdm(data.batches(x, y, p.batch_size, gen), total=steps, desc=f"epoch {epoch}/{p.epochs}",
-                   leave=False, disable=not sys.stderr.isatty())  # fmt: skip
+        bar = tqdm(distributed.batches(x, y, p.batch_size, gen), total=steps, desc=f"epoch {epoch}/{p.epochs}",
+                   leave=False, disable=not (sys.stderr.isatty() and distributed.is_main()))  # fmt: skip
         for xb, yb in bar:
-            xb = data.augment(
-                xb, aug.rotation_deg, aug.zoom, aug.shift, gen, aug.elastic_px, aug.elastic_scale, aug.interpolation
-            )
+            xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, aug_gen, aug.elastic_px, aug.elastic_scale,
+                              aug.interpolation)  # fmt: skip
             with autocast:
                 logits = step_model(xb)
                 loss = F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
@@ -152,11 +156,14 @@ def fit(
                 sched.step()
             loss_sum += loss.detach() * len(yb)
             correct += (logits.argmax(1) == yb).sum()
-        val_loss, val_acc = loss_and_accuracy(kept, *val)
+            seen += len(yb)
+        loss_sum, correct, seen = distributed.sum_over_ranks(loss_sum, correct, seen, device=x.device)
+        vx, vy = distributed.shard(*val)  # distributed: each rank evaluates its part; the means are all-reduced
+        val_loss, val_acc = distributed.mean_over_ranks([*loss_and_accuracy(kept, vx, vy)], len(vy), x.device)
         if sched is not None and not per_batch:
             sched.step(val_loss) if p.scheduler == "plateau" else sched.step()
         seconds = time.perf_counter() - start
-        e = Epoch(epoch, loss_sum.item() / len(y), int(correct) / len(y), val_loss, val_acc, lr, seconds)
+        e = Epoch(epoch, loss_sum / seen, correct / seen, val_loss, val_acc, lr, seconds)
         history.append(e)
         on_epoch(e)
         if (val_acc, -val_loss) > best_key:
