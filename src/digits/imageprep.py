@@ -58,19 +58,27 @@ def decode(data: bytes, name: str = "<bytes>") -> Image.Image:
 
 
 def greyscale(img: Image.Image) -> np.ndarray:
-    """Luminance as float32 in [0, 1]. Transparency is flattened onto the shade that contrasts with the ink."""
+    """Luminance as float32 in [0, 1], reduced on the way to at most about 2 × WORK_SIDE on the longest side.
+    Transparency is flattened onto the shade that contrasts with the ink; 16/32-bit images are min-max scaled."""
     img = ImageOps.exif_transpose(img)
-    if img.mode in ("P", "PA") or (img.mode in ("RGB", "L") and "transparency" in img.info):
+    if img.mode in ("P", "PA") or "transparency" in img.info:
         img = img.convert("RGBA")
-    if img.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
-        arr = np.asarray(img.convert("F"), dtype=np.float64)
+    if img.mode.startswith(("I", "F")):
+        img = img.convert("F")
+    else:
+        img = img.convert("LA" if img.mode in ("RGBA", "RGBa", "LA", "La") else "L")
+    factor = max(img.size) // WORK_SIDE
+    if factor > 1:
+        img = img.reduce(factor)
+    if img.mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
         lo, hi = float(arr.min()), float(arr.max())
-        return ((arr - lo) / (hi - lo) if hi > lo else np.zeros_like(arr)).astype(np.float32)
-    alpha = np.asarray(img.getchannel("A"), np.float32) / 255 if img.mode in ("RGBA", "LA") else None
-    grey = np.asarray(img.convert("L"), np.float32) / 255
-    if alpha is not None and alpha.min() < 1:
-        weight = alpha.sum()
-        ink = float((grey * alpha).sum() / weight) if weight > 0 else 0.0
+        return ((arr - lo) / (hi - lo) if np.isfinite(hi - lo) and hi > lo else np.zeros_like(arr)).astype(np.float32)
+    grey = np.asarray(img.getchannel("L"), np.float32) / 255
+    if img.mode == "LA":
+        alpha = np.asarray(img.getchannel("A"), np.float32) / 255
+        weight = float(alpha.sum())
+        ink = float((grey * alpha).sum()) / weight if weight > 0 else 0.0
         background = 1.0 if ink < 0.5 else 0.0
         grey = grey * alpha + background * (1 - alpha)
     return grey
