@@ -32,7 +32,7 @@ def run(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.Completed
     return proc
 
 
-def make_project(dest: Path, train_limit: int = 3000, test_limit: int = 1000) -> Path:
+def make_project(dest: Path, train_limit: int = 5000, test_limit: int = 1000, epochs: int = 2) -> Path:
     """Copy the working tree (tracked + untracked, not ignored) into a new git repo with small-data params."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
@@ -45,7 +45,7 @@ def make_project(dest: Path, train_limit: int = 3000, test_limit: int = 1000) ->
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["download"].update(local_dir=str(REPO / "data" / "raw"), mirrors=[], registry_mirror=False)
     params["preprocess"].update(train_limit=train_limit, test_limit=test_limit)
-    params["train"].update(epochs=1)
+    params["train"].update(epochs=epochs)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     run(["git", "init", "-q"], dest)
     run(["git", "add", "-A"], dest)
