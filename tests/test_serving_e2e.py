@@ -174,8 +174,20 @@ def test_server_predicts_like_the_evaluate_stage(server, test_set):
         ({"inputs": np.zeros((1, 1000, 1000), np.uint8).tolist()}, "got [1, 1000, 1000]"),
         ({"inputs": np.zeros((4097, 784), np.uint8).tolist()}, "exceeds the limit of 4096"),
     ],
-    ids=["shape", "strings", "nan", "inf", "range", "empty", "ragged", "not-json", "no-body", "wrong-key",
-         "huge-image", "huge-batch"],  # fmt: skip
+    ids=[
+        "shape",
+        "strings",
+        "nan",
+        "inf",
+        "range",
+        "empty",
+        "ragged",
+        "not-json",
+        "no-body",
+        "wrong-key",
+        "huge-image",
+        "huge-batch",
+    ],  # fmt: skip
 )
 def test_malformed_requests_get_400_with_a_clear_message_and_the_server_keeps_serving(server, body, message):
     status, text = invoke(server, body)
@@ -190,6 +202,8 @@ def test_wrong_content_type_is_415(server):
 
 
 SERVER_FUZZ = settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
+
+
 def fuzz_body(arr: np.ndarray) -> bytes:
     return json.dumps({"inputs": arr.tolist()}).encode()  # NaN/Infinity: JSON extensions both sides accept
 
@@ -306,8 +320,11 @@ def test_cli_unknown_model_is_one_error_line(project, image_files):
 
 
 @settings(max_examples=40, deadline=None, suppress_health_check=list(HealthCheck))
-@given(st.lists(st.binary(max_size=400) | st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"]),
-                min_size=1, max_size=4))
+@given(
+    st.lists(
+        st.binary(max_size=400) | st.sampled_from([b"", b"\x89PNG\r\n\x1a\n", b"\xff\xd8\xff"]), min_size=1, max_size=4
+    )
+)
 def test_cli_fuzzed_files_each_get_an_error_never_a_crash(project, image_files, tmp_path_factory, capsys, blobs):
     """The CLI's main() in this process (a subprocess per example would take minutes): fuzzed files between two
     real digits; each gets its own result, the digits are still classified, the status says something failed."""
