@@ -90,7 +90,8 @@ class DigitsModel(mlflow.pyfunc.PythonModel):
     def load_context(self, context) -> None:
         self.network, _ = training.load_checkpoint(context.artifacts["checkpoint"], "cpu")
 
-    def predict(self, context, model_input, params=None) -> pd.DataFrame:
+    def predict(self, context, model_input: np.ndarray, params: dict[str, Any] | None = None) -> pd.DataFrame:
+        """``model_input``: see the module docstring (np.ndarray as the hint tells MLflow not to convert it)."""
         images = torch.from_numpy(to_images(model_input))
         return probabilities_frame(training.predict_logits(self.network, images))
 
