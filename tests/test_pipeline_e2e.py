@@ -45,7 +45,7 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     history = client.get_metric_history(r.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1]
-    [logged] = client.search_logged_models(experiment_ids=[r.info.experiment_id])
+    [logged] = [m for m in client.search_logged_models(experiment_ids=[r.info.experiment_id]) if m.name == "model"]
     assert logged.source_run_id == r.info.run_id
     assert json.loads((project / "models/run.json").read_text())["run_id"] == r.info.run_id
 

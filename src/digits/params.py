@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import difflib
+import warnings
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -85,12 +86,20 @@ class ReportParams(Section):
     title: str = "digits: MNIST run report"
 
 
-class Params(Section):
-    download: DownloadParams
-    preprocess: PreprocessParams
-    train: TrainParams
-    evaluate: EvaluateParams
-    report: ReportParams
+class RegisterParams(Section):
+    model_name: Annotated[str, Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")] = "digits-mnist"
+
+
+with warnings.catch_warnings():  # the section `register` shadows ABCMeta.register, harmlessly: fields win
+    warnings.filterwarnings("ignore", r'Field name "register"', UserWarning)
+
+    class Params(Section):
+        download: DownloadParams
+        preprocess: PreprocessParams
+        train: TrainParams
+        evaluate: EvaluateParams
+        report: ReportParams
+        register: RegisterParams = RegisterParams()
 
 
 class ParamsError(UserError, ValueError):

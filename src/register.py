@@ -1,0 +1,52 @@
+"""Stage register: log the pyfunc serving model into the train run, register it, apply the promotion gate.
+
+The new version of ``register.model_name`` is tagged with its test accuracy and loss, git commit, DVC experiment
+and data MD5s; it gets the alias ``champion`` if it matches or beats the current champion's test accuracy (ties
+broken by test loss), else ``challenger``. Writes METRICS_DIR/register.json with the decision and both scores.
+"""
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import torch
+
+from digits import data, files, params, registry, serving, stage, tracking, training
+
+CHECK_IMAGES = 256  # test images the logged model must classify exactly like the checkpoint
+
+
+def main() -> None:
+    ap = stage.parser(__doc__)
+    for name in ("model_dir", "test_file", "metrics_dir"):
+        ap.add_argument(name)
+    args = ap.parse_args()
+    p = params.load(args.params).register
+    model_dir = Path(args.model_dir)
+
+    run_info = files.read_json(model_dir / "run.json", "train")
+    result = files.read_json(Path(args.metrics_dir) / "evaluate.json", "evaluate")
+    tracking.require_run(run_info["run_id"])
+    images = data.load_split(args.test_file).images[:CHECK_IMAGES]
+    network, _ = training.load_checkpoint(model_dir / "model.pt")
+    expected = training.predict_logits(network, images.unsqueeze(1).float() / 255).argmax(1).numpy()
+
+    with tracking.resume_run(run_info["run_id"]):
+        info = serving.log_model(model_dir / "model.pt", images[:2].numpy())
+    served = mlflow.pyfunc.load_model(info.model_uri).predict(images.numpy())["class"].to_numpy()
+    if not np.array_equal(served, expected):
+        raise RuntimeError(f"logged model disagrees with the checkpoint on {(served != expected).sum()} images")
+
+    tags = {k: v for k, v in run_info["tags"].items() if not k.startswith("mlflow.")}
+    tags |= {f"data_md5.{k}": v for k, v in run_info["data_md5"].items()} | {"run_id": run_info["run_id"]}
+    score = registry.Score(result["test_accuracy"], result["test_loss"])
+    decision = registry.register(info.model_uri, p.model_name, score, tags)
+    print(decision.describe())
+    files.write_json(Path(args.metrics_dir) / "register.json", decision.as_dict())
+    with tracking.resume_run(run_info["run_id"]):
+        mlflow.set_tags({"registered_model": f"{p.model_name}/{decision.version}", "registry_alias": decision.alias})
+
+
+if __name__ == "__main__":
+    torch.set_grad_enabled(False)
+    stage.run(main)
