@@ -93,15 +93,18 @@ def confusion_matrix(cm: np.ndarray, path: str | Path) -> None:
 
 def misclassified(images: np.ndarray, errors: list[dict], path: str | Path, cols: int = 9) -> None:
     """A grid of misclassified digits (``errors`` as from ``metrics.ranked_errors``, shown in that order)."""
-    rows = max(1, -(-len(errors) // cols))
+    if not errors:
+        fig = plt.figure(figsize=(6, 1.2))
+        fig.text(0.5, 0.5, "No misclassified test digits", ha="center", va="center", fontsize=12)
+        save(fig, path)
+        return
+    rows = -(-len(errors) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55 + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
     for ax, e in zip(axes.flat, errors, strict=False):
         ax.imshow(images[e["index"]], cmap="gray_r")
         ax.set_title(f"{e['actual']} → {e['predicted']}\n{e['p_predicted']:.2f} vs {e['p_actual']:.2f}", fontsize=8)
-    if not errors:
-        axes[0, 0].text(0, 0.5, "no misclassified test images", fontsize=11)
     fig.suptitle("Misclassified test digits, most confidently wrong first\n"
                  "(true → predicted; p(predicted) vs p(true))", fontsize=10)  # fmt: skip
     fig.tight_layout()

@@ -48,9 +48,9 @@ def markdown(title: str, sections: list[Section], out: Path) -> str:
 
     def block(b: Block) -> str:
         if isinstance(b, Table):
-            lines = ["| " + " | ".join(b.header) + " |", "|" + "---|" * len(b.header)]
-            cells = [[str(c).replace("|", "\\|") for c in row] for row in b.rows]
-            return "\n".join(lines + ["| " + " | ".join(row) + " |" for row in cells])
+            rows = [[str(c).replace("|", "\\|") for c in row] for row in [b.header, *b.rows]]
+            lines = ["| " + " | ".join(row) + " |" for row in rows]
+            return "\n".join([lines[0], "|" + "---|" * len(b.header), *lines[1:]])
         if isinstance(b, Figure):
             return f"![{b.caption}]({Path(os.path.relpath(b.path, out.parent)).as_posix()})"
         return b
