@@ -67,9 +67,8 @@ def identity() -> dict[str, str]:
     if commit:
         tags["mlflow.source.git.commit"] = tags["git_commit"] = commit
         # inputs only: DVC rewrites tracked outputs (dvc.lock, metrics/, reports/) while the pipeline runs
-        status = _git(
-            "status", "--porcelain", "--untracked-files=no", "--", "src", "dvc.yaml", "params.yaml", "pyproject.toml"
-        )
+        status = _git("status", "--porcelain", "--untracked-files=no", "--", "src", "dvc.yaml", "params.yaml",
+                      "pyproject.toml")
         tags["git_dirty"] = str(bool(status)).lower()
     for env, tag in (("DVC_EXP_NAME", "dvc_exp_name"), ("DVC_EXP_BASELINE_REV", "dvc_exp_baseline_rev")):
         if os.environ.get(env):
@@ -92,10 +91,8 @@ def require_run(run_id: str) -> None:
     try:
         mlflow.MlflowClient().get_run(run_id)
     except mlflow.exceptions.MlflowException:
-        raise UserError(
-            f"MLflow run {run_id} (from the train stage) is not in {uri}; re-run training "
-            "against this store: dvc repro -f train"
-        ) from None
+        raise UserError(f"MLflow run {run_id} (from the train stage) is not in {uri}; re-run training "
+                        "against this store: dvc repro -f train") from None
 
 
 def resume_run(run_id: str) -> mlflow.ActiveRun:
