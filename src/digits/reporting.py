@@ -79,8 +79,9 @@ def html_page(title: str, sections: list[Section]) -> str:
     def block(b: Block) -> str:
         if isinstance(b, Table):
             head = "".join(f"<th>{_inline(h)}</th>" for h in b.header)
+            head = f"<thead><tr>{head}</tr></thead>" if any(b.header) else ""  # Markdown needs one; HTML does not
             body = "".join("<tr>" + "".join(f"<td>{_inline(str(c))}</td>" for c in r) + "</tr>" for r in b.rows)
-            return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+            return f"<table>{head}<tbody>{body}</tbody></table>"
         if isinstance(b, Figure):
             data = base64.b64encode(b.path.read_bytes()).decode()
             caption = html.escape(b.caption)
@@ -205,7 +206,7 @@ def sections(
         ["top-2 accuracy", pct(ev["test_top2_accuracy"])],
         ["test loss", f"{ev['test_loss']:.4f}"],
         *[
-            [f"{avg.split('_')[0]} {k.replace('-score', ' score')}", f"{ev[avg][k]:.4f}"]
+            [f"{avg.split('_')[0]} {k.replace('f1-score', 'F1')}", f"{ev[avg][k]:.4f}"]
             for avg in ("macro_avg", "weighted_avg")
             for k in ("precision", "recall", "f1-score")
         ],
