@@ -16,6 +16,7 @@ import torch
 from digits import data, device, figures, files, metrics, models, params, reload, robustness, stage, tracking, training
 
 FIGURES = ("confusion_matrix", "misclassified", "predictions", "reliability", "robustness")
+PLOT_DATA = ("confusion", "per_class", "calibration", "robustness")
 
 
 def timed_passes(model: torch.nn.Module, x: torch.Tensor, batch_size: int, repeats: int) -> list[float]:
@@ -113,6 +114,8 @@ def main() -> None:
         mlflow.log_dict(details, "metrics/evaluation.json")
         for name in FIGURES:
             mlflow.log_artifact(str(fig_dir / f"{name}.png"), "figures")
+        for name in PLOT_DATA:
+            mlflow.log_artifact(str(plots / f"{name}.csv"), "metrics/plots")
 
 
 if __name__ == "__main__":

@@ -112,8 +112,10 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     assert run.data.metrics["test_top2_accuracy"] == evaluation["test_top2_accuracy"]
     assert run.data.metrics["test_ece"] == pytest.approx(evaluation["test_ece"])
     assert run.data.metrics["save_load_identical"] == 1.0
-    logged = {a.path for folder in ("figures", "report") for a in client.list_artifacts(run.info.run_id, folder)}
-    assert {"report/report.md", "report/report.html", "figures/robustness.png", "figures/reliability.png"} <= logged
+    folders = ("figures", "report", "metrics", "metrics/plots")
+    logged = {a.path for folder in folders for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"report/report.md", "report/report.html", "figures/robustness.png", "figures/reliability.png",
+            "metrics/evaluate.json", "metrics/evaluation.json", "metrics/plots/robustness.csv"} <= logged
 
     # a checkpoint that no longer matches the model logged to MLflow fails the save/load check, writing nothing
     ckpt = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
