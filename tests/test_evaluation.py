@@ -134,6 +134,11 @@ def test_noise_has_the_requested_sigma_and_blur_keeps_the_ink():
     assert blurred.sum().item() == pytest.approx(x.sum().item(), rel=1e-5)  # ink spread, none lost
     assert blurred.max() < x.max()
     assert robustness.gaussian_kernel(1.5).sum().item() == pytest.approx(1.0)
+    # the matrix form is the zero-padded separable convolution with the kernel
+    k = robustness.gaussian_kernel(1.0).float()
+    conv = torch.nn.functional.conv2d(x, k.view(1, 1, 1, -1), padding=(0, len(k) // 2))
+    conv = torch.nn.functional.conv2d(conv, k.view(1, 1, -1, 1), padding=(len(k) // 2, 0))
+    assert torch.allclose(blurred, conv, atol=1e-6)
     assert len(robustness.gaussian_kernel(1.5)) == 2 * 5 + 1
 
 

@@ -12,7 +12,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
-import torch.nn.functional as F
 
 from digits import data
 
@@ -67,11 +66,19 @@ def gaussian_kernel(sigma: float) -> torch.Tensor:
     return k / k.sum()
 
 
-def _blur(x: torch.Tensor, sigma: float, _: torch.Generator) -> torch.Tensor:
-    k = gaussian_kernel(sigma).to(x.device, x.dtype)
+def blur_matrix(sigma: float, size: int) -> torch.Tensor:
+    """[size, size] matrix M with M @ v = v convolved with ``gaussian_kernel(sigma)``, zero padding."""
+    k = gaussian_kernel(sigma)
     r = len(k) // 2
-    x = F.conv2d(x, k.view(1, 1, 1, -1), padding=(0, r))
-    return F.conv2d(x, k.view(1, 1, -1, 1), padding=(r, 0))
+    offset = torch.arange(size)[None, :] - torch.arange(size)[:, None] + r  # kernel index for (output, input)
+    return torch.where((offset >= 0) & (offset < len(k)), k[offset.clamp(0, len(k) - 1)], 0.0)
+
+
+def _blur(x: torch.Tensor, sigma: float, _: torch.Generator) -> torch.Tensor:
+    """Separable Gaussian blur as two small matrix products (much faster than a 1-channel conv2d on the CPU)."""
+    h, w = x.shape[-2:]
+    rows, cols = (blur_matrix(sigma, n).to(x.device, x.dtype) for n in (h, w))
+    return rows @ x @ cols.T
 
 
 def _elastic(x: torch.Tensor, pixels: float, gen: torch.Generator) -> torch.Tensor:
