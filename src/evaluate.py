@@ -1,7 +1,8 @@
-"""Stage evaluate: test-set loss, accuracy, per-class precision/recall/F1 and the confusion matrix.
+"""Stage evaluate: test-set metrics, calibration, robustness, the most confused digits and a save/load check.
 
-Writes METRICS_DIR/evaluate.json, METRICS_DIR/plots/confusion.csv (DVC `confusion` plot data: one row per
-test image) and FIG_DIR/confusion_matrix.png, and adds them to the MLflow run of the train stage.
+Writes METRICS_DIR/evaluate.json (headline metrics), METRICS_DIR/evaluation.json (per-class, confusion matrix,
+confused pairs, ranked errors, calibration bins, robustness table: what the report reads), DVC plot data under
+METRICS_DIR/plots/ and figures under FIG_DIR, and adds them to the MLflow run of the train stage.
 """
 
 import statistics
@@ -9,9 +10,13 @@ import time
 from pathlib import Path
 
 import mlflow
+import numpy as np
 import torch
 
-from digits import data, device, figures, files, metrics, models, params, stage, tracking, training
+from digits import data, device, figures, files, metrics, models, params, reload, robustness, stage, tracking, training
+
+FIGURES = ("confusion_matrix", "misclassified", "predictions", "reliability", "robustness")
+PLOT_DATA = ("confusion", "per_class", "calibration", "robustness")
 
 
 def timed_passes(model: torch.nn.Module, x: torch.Tensor, batch_size: int, repeats: int) -> list[float]:
@@ -32,44 +37,85 @@ def main() -> None:
         ap.add_argument(name)
     args = ap.parse_args()
     p = params.load(args.params).evaluate
-    model_dir, metrics_dir, fig_path = Path(args.model_dir), Path(args.metrics_dir), Path(args.fig_dir)
+    model_dir, metrics_dir, fig_dir = Path(args.model_dir), Path(args.metrics_dir), Path(args.fig_dir)
 
     run_info = files.read_json(model_dir / "run.json", "train")
     tracking.require_run(run_info["run_id"])  # before any output is rewritten
     test = data.load_split(args.test_file)
     dev = device.select("auto")
     device.configure(dev, seed=0, deterministic=True)  # CPU threads from what the process may use
-    model, _ = training.load_checkpoint(model_dir / "model.pt", dev)
-    model = models.fuse_for_inference(model)  # BatchNorm folded into the convolutions: same outputs, faster
+    checkpoint_model, _ = training.load_checkpoint(model_dir / "model.pt", dev)
+    model = models.fuse_for_inference(checkpoint_model)  # BatchNorm folded into the convolutions: faster
     if dev.type in ("cpu", "cuda"):
         model = model.to(memory_format=torch.channels_last)
-    x, _ = data.to_device(test, dev)
+    x, y = data.to_device(test, dev)
     logits = training.predict_logits(model, x, p.batch_size).float().cpu()  # also the warm-up
     images_per_second = statistics.median(timed_passes(model, x, p.batch_size, repeats=5))
-    pred = logits.argmax(1)
 
-    result = metrics.classification(logits, test.labels)
-    cm = metrics.confusion(test.labels, pred)
+    save_load = reload.check(logits, {
+        "checkpoint": training.predict_logits(checkpoint_model, x, p.batch_size).float().cpu(),
+        "mlflow": reload.logged_model_logits(reload.logged_model(run_info["run_id"]), x, p.batch_size),
+    })  # fmt: skip
+
+    start = time.perf_counter()
+    robust = robustness.evaluate(lambda xb: training.predict_logits(model, xb, p.batch_size).argmax(1), x, y, p.seed)
+    robustness_seconds = time.perf_counter() - start
+
+    probs, labels, pred = logits.softmax(1), test.labels, logits.argmax(1)
+    result = metrics.classification(logits, labels)
     per_class = result.pop("per_class")
-    result["inference_images_per_second"] = round(images_per_second)
+    ece, bins = metrics.calibration(probs, labels, p.calibration_bins)
+    cm = metrics.confusion(labels, pred)
+    errors = metrics.ranked_errors(probs, labels)
+    result |= {
+        "test_ece": ece,
+        **save_load,
+        "robustness": {r["key"]: r["accuracy"] for r in robust[1:]},
+        "robustness_mean": statistics.fmean(r["accuracy"] for r in robust[1:]),
+        "inference_images_per_second": round(images_per_second),
+        "robustness_seconds": round(robustness_seconds, 2),
+    }
+    details = {
+        "per_class": per_class,
+        "confusion_matrix": cm.tolist(),
+        "most_confused": metrics.most_confused(cm, 10),
+        "misclassified": errors[: p.misclassified_shown],
+        "calibration_bins": bins,
+        "robustness": robust,
+    }
     files.write_json(metrics_dir / "evaluate.json", result)
-    files.write_csv(metrics_dir / "plots" / "per_class.csv", [{"digit": int(d), **v} for d, v in per_class.items()])
+    files.write_json(metrics_dir / "evaluation.json", details)
+    plots = metrics_dir / "plots"
+    files.write_csv(plots / "per_class.csv", [{"digit": int(d), **v} for d, v in per_class.items()])
     files.write_csv(
-        metrics_dir / "plots" / "confusion.csv",
-        [{"actual": int(a), "predicted": int(b)} for a, b in zip(test.labels, pred, strict=True)],
+        plots / "confusion.csv", [{"actual": int(a), "predicted": int(b)} for a, b in zip(labels, pred, strict=True)]
     )
-    figures.confusion_matrix(cm, fig_path / "confusion_matrix.png")
-    print(
-        f"test accuracy {result['test_accuracy']:.4f} ({result['test_errors']} errors of {len(test)}), "
-        f"loss {result['test_loss']:.4f}"
-    )
+    files.write_csv(plots / "calibration.csv", [b for b in bins if b["count"]])
+    files.write_csv(plots / "robustness.csv", [{k: r[k] for k in ("condition", "accuracy")} for r in robust])
+
+    images = test.images.numpy()
+    sample = np.sort(np.random.default_rng(p.seed).choice(len(test), size=min(10, len(test)), replace=False))
+    examples = [(name, img.cpu().numpy()) for name, img in robustness.examples(x[0], p.seed)]
+    figures.confusion_matrix(cm, fig_dir / "confusion_matrix.png")
+    figures.misclassified(images, details["misclassified"], fig_dir / "misclassified.png")
+    figures.prediction_samples(images, labels.numpy(), probs.numpy(), sample.tolist(), fig_dir / "predictions.png")
+    figures.reliability_diagram(bins, ece, fig_dir / "reliability.png")
+    figures.robustness(robust, examples, fig_dir / "robustness.png")
+    print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_errors']} errors of {len(test)}), "
+          f"top-2 {result['test_top2_accuracy']:.4f}, loss {result['test_loss']:.4f}, ECE {ece:.4f}; "
+          f"robustness {len(robust) - 1} conditions in {robustness_seconds:.1f} s; save/load identical")  # fmt: skip
 
     with tracking.resume_run(run_info["run_id"]):
-        mlflow.log_metrics({k: result[k] for k in ("test_loss", "test_accuracy", "test_errors")})
+        mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, int | float)})
         mlflow.log_metrics({f"test_macro_{k.replace('-score', '')}": v for k, v in result["macro_avg"].items()})
-        mlflow.log_dict({**result, "per_class": per_class}, "metrics/evaluate.json")
-        mlflow.log_dict({"confusion_matrix": cm.tolist()}, "metrics/confusion_matrix.json")
-        mlflow.log_artifact(str(fig_path / "confusion_matrix.png"), "figures")
+        mlflow.log_metrics({f"test_weighted_{k.replace('-score', '')}": v for k, v in result["weighted_avg"].items()})
+        mlflow.log_metrics({f"robustness_{k}": v for k, v in result["robustness"].items()})
+        mlflow.log_dict(result, "metrics/evaluate.json")
+        mlflow.log_dict(details, "metrics/evaluation.json")
+        for name in FIGURES:
+            mlflow.log_artifact(str(fig_dir / f"{name}.png"), "figures")
+        for name in PLOT_DATA:
+            mlflow.log_artifact(str(plots / f"{name}.csv"), "metrics/plots")
 
 
 if __name__ == "__main__":

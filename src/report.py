@@ -1,90 +1,49 @@
-"""Stage report: a Markdown report of the run (identity, headline metrics, per-class table, figures).
+"""Stage report: reports/report.md and a self-contained reports/report.html of the run.
 
-Reads the metrics and run record the earlier stages wrote, writes OUT (reports/report.md, figures
-linked relative to it) and logs it to the run's MLflow record.
+Reads the run record, the metrics and figures the earlier stages wrote and (when present) the model-zoo table;
+compares with the metrics committed at ``report.baseline_rev``; logs both files to the run's MLflow record.
 """
 
-import os
 from pathlib import Path
 
 import mlflow
 
 from digits import files, params, stage, tracking
+from digits.errors import UserError
+from digits.reporting import committed_json, html_page, markdown, sections
 
-
-def table(header: list[str], rows: list[list[object]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    return "\n".join(lines + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])
-
-
-def render(title: str, run: dict, train: dict, evaluation: dict, figures: list[Path], out: Path) -> str:
-    tags = run["tags"]
-    identity = [
-        ["MLflow run", f"`{run['run_id']}` (experiment {run['experiment_id']})"],
-        ["git commit", f"`{tags.get('git_commit', 'unknown')}`" + (" (dirty)" * (tags.get("git_dirty") == "true"))],
-        ["DVC experiment", tags.get("dvc_exp_name", "— (workspace run)")],
-        ["device", run["device"]],
-        ["data sizes", ", ".join(f"{k} {v}" for k, v in run["data_sizes"].items())],
-        *[[f"MD5 {name}", f"`{md5}`"] for name, md5 in run["data_md5"].items()],
-    ]
-    headline = [
-        ["test accuracy", f"{evaluation['test_accuracy']:.2%}"],
-        ["test errors", f"{evaluation['test_errors']} of {run['data_sizes']['test']}"],
-        ["test loss", f"{evaluation['test_loss']:.4f}"],
-        ["macro F1", f"{evaluation['macro_avg']['f1-score']:.4f}"],
-        ["best epoch (by validation accuracy)", f"{train['best_epoch']} of {train['epochs_run']}"],
-        ["validation accuracy", f"{train['val_accuracy']:.2%}"],
-        ["training time", f"{train['train_seconds']:.1f} s ({train['train_images_per_second']} images/s)"],
-        ["parameters", f"{train['n_parameters']:,}"],
-    ]
-    per_class = [
-        [d, f"{c['precision']:.4f}", f"{c['recall']:.4f}", f"{c['f1-score']:.4f}", int(c["support"])]
-        for d, c in evaluation["per_class"].items()
-    ]
-    train_params = [[k, f"`{v}`"] for k, v in run["params"].items()]
-    links = [(f.stem.replace("_", " "), Path(os.path.relpath(f, out.parent)).as_posix()) for f in figures]
-    figs = "\n\n".join(f"![{name}]({path})" for name, path in links)
-    return (
-        "\n\n".join(
-            [
-                f"# {title}",
-                "## Run identity",
-                table(["", ""], identity),
-                "## Headline metrics",
-                table(["metric", "value"], headline),
-                "## Per-class metrics (test set)",
-                table(["digit", "precision", "recall", "F1", "support"], per_class),
-                "## Training parameters",
-                table(["param", "value"], train_params),
-                "## Figures",
-                figs,
-            ]
-        )
-        + "\n"
-    )
+FIGURES = {"class_distribution": "preprocess", "samples": "preprocess", "training_curves": "train",
+           **dict.fromkeys(["confusion_matrix", "misclassified", "predictions", "reliability", "robustness"],
+                           "evaluate")}  # fmt: skip
 
 
 def main() -> None:
     ap = stage.parser(__doc__)
-    ap.add_argument("model_dir")
-    ap.add_argument("metrics_dir")
-    ap.add_argument("fig_dir")
-    ap.add_argument("out")
+    for name in ("model_dir", "metrics_dir", "fig_dir", "zoo_csv", "out"):
+        ap.add_argument(name)
     args = ap.parse_args()
     p = params.load(args.params).report
-    metrics_dir, out = Path(args.metrics_dir), Path(args.out)
+    metrics_dir, out, zoo_path = Path(args.metrics_dir), Path(args.out), Path(args.zoo_csv)
 
     run = files.read_json(Path(args.model_dir) / "run.json", "train")
     tracking.require_run(run["run_id"])
     train = files.read_json(metrics_dir / "train.json", "train")
-    evaluation = files.read_json(metrics_dir / "evaluate.json", "evaluate")
-    rows = files.read_csv(metrics_dir / "plots" / "per_class.csv", "evaluate")
-    evaluation["per_class"] = {row.pop("digit"): {k: float(v) for k, v in row.items()} for row in rows}
-    figures = sorted(Path(args.fig_dir).glob("*.png"))
-    files.write_text(out, render(p.title, run, train, evaluation, figures, out))
-    print(f"wrote {out} ({len(figures)} figures)")
+    ev = files.read_json(metrics_dir / "evaluate.json", "evaluate")
+    details = files.read_json(metrics_dir / "evaluation.json", "evaluate")
+    figs = {name: Path(args.fig_dir) / f"{name}.png" for name in FIGURES}
+    for name, path in figs.items():
+        if not path.is_file():
+            raise UserError(f"{path}: not found; run the {FIGURES[name]} stage (dvc repro {FIGURES[name]})")
+    zoo_rows = files.read_csv(zoo_path, "model-zoo") if zoo_path.is_file() else None
+    baseline = {k: committed_json(p.baseline_rev, metrics_dir / f"{k}.json") for k in ("evaluate", "train")}
+    parts = sections(run, train, ev, details, figs, baseline, p.baseline_rev, zoo_rows, zoo_path)
+    html_out = out.with_suffix(".html")
+    files.write_text(out, markdown(p.title, parts, out))
+    files.write_text(html_out, html_page(p.title, parts))
+    print(f"wrote {out} and {html_out} ({len(figs)} figures)")
     with tracking.resume_run(run["run_id"]):
         mlflow.log_artifact(str(out), "report")
+        mlflow.log_artifact(str(html_out), "report")
 
 
 if __name__ == "__main__":

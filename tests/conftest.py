@@ -161,7 +161,7 @@ def project(tmp_path_factory, mnist_raw) -> Path:
         if src.is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src, dest / rel)
-    for stale in ("dvc.lock", "reports/report.md"):  # start from nothing, as a new pipeline would
+    for stale in ("dvc.lock", "reports/report.md", "reports/report.html"):  # start afresh, as a new pipeline would
         (dest / stale).unlink(missing_ok=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     params["download"].update(local_dir=str(mnist_raw), mirrors=[], registry_mirror=False)

@@ -40,6 +40,7 @@ def test_classification_by_hand() -> None:
     assert pc["0"]["recall"] == pytest.approx(0.5)
     assert pc["0"]["f1-score"] == pytest.approx(2 / 3)
     assert pc["0"]["support"] == 2
+    assert pc["0"]["accuracy"] == pytest.approx(0.5)  # per-class accuracy is the class's recall
     # class 1: predicted 3 times, 1 correct; 1 actual → P = 1/3, R = 1
     assert pc["1"]["precision"] == pytest.approx(1 / 3)
     assert pc["1"]["recall"] == pytest.approx(1.0)
@@ -50,7 +51,7 @@ def test_classification_by_hand() -> None:
     assert pc["2"]["recall"] == 0.0
     assert pc["2"]["support"] == 1
     for c in range(3, 10):
-        assert pc[str(c)] == {"precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
+        assert pc[str(c)] == {"accuracy": 0.0, "precision": 0.0, "recall": 0.0, "f1-score": 0.0, "support": 0}
 
     # weighted by support (2, 1, 1): P = (2·1 + 1/3 + 0)/4, R = (2·½ + 1 + 0)/4 = accuracy
     assert m["weighted_avg"]["precision"] == pytest.approx((2 + 1 / 3) / 4)

@@ -14,6 +14,10 @@ from helpers import mlflow_runs as runs
 from helpers import run
 
 pytestmark = pytest.mark.e2e
+PLOT_TITLES = ("Loss", "Accuracy", "Learning rate", "Per-class F1 (test)", "Confusion matrix (test)",
+               "Reliability (test; accuracy per confidence bin)", "Robustness (test accuracy under perturbations)")
+PNGS = ("class_distribution", "samples", "training_curves", "confusion_matrix", "misclassified", "predictions",
+        "reliability", "robustness")
 
 
 def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
@@ -21,17 +25,20 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
     for stage in ("download", "preprocess", "train", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
     for rel in ("data/raw/train-images-idx3-ubyte", "data/processed/train.pt", "data/processed/stats.json",
-                "models/model.pt", "models/run.json", "metrics/plots/train_curves.csv",
-                "metrics/plots/confusion.csv", "reports/figures/confusion_matrix.png", "reports/report.md"):
+                "models/model.pt", "models/run.json", "metrics/plots/train_curves.csv", "metrics/evaluation.json",
+                *[f"metrics/plots/{n}.csv" for n in ("confusion", "per_class", "calibration", "robustness")],
+                *[f"reports/figures/{n}.png" for n in PNGS], "reports/report.md", "reports/report.html"):
         assert (project / rel).is_file(), rel
     stats = json.loads((project / "data/processed/stats.json").read_text())
     assert stats["sizes"]["train"] + stats["sizes"]["val"] == 3000 and stats["sizes"]["test"] == 1000
     evaluation = json.loads((project / "metrics/evaluate.json").read_text())
     assert 0.5 < evaluation["test_accuracy"] <= 1.0  # a 1-epoch tiny CNN on 2.7k images still learns
     report = (project / "reports/report.md").read_text()
-    for section in ("## Run identity", "## Headline metrics", "## Per-class metrics", "## Figures"):
+    for section in ("## Run identity", "## Headline metrics", "## What changed", "## Per-class metrics",
+                    "## Misclassified digits", "## Calibration", "## Robustness", "## Comparison with historical"):
         assert section in report
     assert "6bbc9ace898e44ae57da46a324031adb" in report
+    assert evaluation["save_load_identical"] is True
 
     [r] = runs(project)
     assert r.info.status == "FINISHED"
@@ -51,13 +58,18 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
 
     run(["dvc", "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html" / "index.html").read_text()
-    for title in ("Loss", "Accuracy", "Confusion matrix (test)", "Per-class F1 (test)", "confusion_matrix.png"):
+    for title in (*PLOT_TITLES, *[f"{n}.png" for n in PNGS]):
         assert title in html, title
     shutil.rmtree(project / "plots_html")
+    shown = json.loads(run(["dvc", "plots", "show", "--json"], project).stdout)["data"]
+    # every plot once: the data files are drawn by their definitions only, never again as raw files
+    assert sorted(shown) == sorted([*PLOT_TITLES, *[f"reports/figures/{n}.png" for n in PNGS]])
 
     again = run(["dvc", "repro"], project).stdout
     assert "Running stage" not in again
     assert "up to date" in run(["dvc", "status"], project).stdout
+    run(["git", "add", "-A"], project)  # the baseline that experiments are compared with
+    run(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "baseline run"], project)
 
 
 def test_exp_run_with_changed_lr_reruns_train_onwards_and_adds_a_run(project: Path):
@@ -75,6 +87,24 @@ def test_exp_run_with_changed_lr_reruns_train_onwards_and_adds_a_run(project: Pa
     assert "test_accuracy" in run(["dvc", "metrics", "diff", "--md"], project).stdout
     shown = run(["dvc", "exp", "show", "--md"], project).stdout
     assert r.data.tags["dvc_exp_name"] in shown
+    report = (project / "reports/report.md").read_text()  # the experiment's report, compared with HEAD's metrics
+    assert "Baseline: the metrics committed at `HEAD`." in report and "| test accuracy | " in report
+
+
+def test_plots_diff_between_two_experiments(project: Path):
+    """`dvc plots diff` draws every plot for both experiments (evaluate.seed only reruns evaluate and report)."""
+    run(["dvc", "exp", "run", "-S", "evaluate.seed=1"], project)
+    names = run(["dvc", "exp", "list", "--name-only"], project).stdout.split()
+    assert len(names) >= 2
+    first, second = names[-2:]
+    diff = json.loads(run(["dvc", "plots", "diff", first, second, "--json"], project).stdout)["data"]
+    assert set(PLOT_TITLES) <= set(diff)
+    for title in PLOT_TITLES:
+        revisions = {rev for entry in diff[title] for rev in entry.get("revisions", [])}
+        assert {first, second} <= revisions, (title, revisions)
+    out = run(["dvc", "plots", "diff", first, second, "-o", "diff_html"], project)
+    assert (project / "diff_html" / "index.html").is_file(), out.stdout
+    shutil.rmtree(project / "diff_html")
 
 
 def test_temp_experiment_logs_to_the_main_store(project: Path):

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 from helpers import make_idx_dataset
 
@@ -70,7 +71,10 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     evaluate = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
                      tmp_path / "figures", params=params, tmp=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr
-    report = stage("report.py", tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
+    zoo = tmp_path / "zoo.csv"  # a small sample of the model-zoo table the report includes
+    zoo.write_text("model,description,parameters,epochs_run,train_seconds,test_accuracy,notebook_claim\n"
+                   "tiny_cnn,a sample row,1234,1,2.5,0.9876,99 %\n")  # fmt: skip
+    report = stage("report.py", tmp_path / "models", tmp_path / "metrics", tmp_path / "figures", zoo,
                    tmp_path / "reports" / "report.md", params=params, tmp=tmp_path)
     assert report.returncode == 0, report.stderr
 
@@ -78,9 +82,51 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     confusion = (tmp_path / "metrics" / "plots" / "confusion.csv").read_text().splitlines()
     assert confusion[0] == "actual,predicted" and len(confusion) == 1 + 100
     assert evaluation["test_errors"] == round((1 - evaluation["test_accuracy"]) * 100)
+    assert evaluation["test_accuracy"] <= evaluation["test_top2_accuracy"] <= 1
+    assert 0 <= evaluation["test_ece"] <= 1
+    assert evaluation["save_load_identical"] is True
+    assert evaluation["save_load_max_abs_logit_diff_mlflow"] < 1e-4
+    assert len(evaluation["robustness"]) == 14 and "rotation_-30" in evaluation["robustness"]
+    details = json.loads((tmp_path / "metrics" / "evaluation.json").read_text())
+    assert sum(map(sum, details["confusion_matrix"])) == 100
+    assert len(details["misclassified"]) == min(evaluation["test_errors"], 36)
+    gaps = [e["gap"] for e in details["misclassified"]]
+    assert gaps == sorted(gaps, reverse=True)
+    for name in ("confusion_matrix", "misclassified", "predictions", "reliability", "robustness"):
+        assert (tmp_path / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+
     text = (tmp_path / "reports" / "report.md").read_text()
+    page = (tmp_path / "reports" / "report.html").read_text()
+    for section in ("Run identity", "Headline metrics", "What changed", "Per-class metrics (test set)",
+                    "Confusion matrix and most confused pairs", "Misclassified digits", "Calibration", "Robustness",
+                    "Training", "Data", "Comparison with historical MNIST results", "Model zoo"):  # fmt: skip
+        assert f"## {section}\n" in text and f"<h2>{section}</h2>" in page, section
     assert "![confusion matrix](../figures/confusion_matrix.png)" in text
+    assert "No baseline" in text  # tmp_path is no git repository
+    assert "| tiny_cnn | a sample row | 1234 | 1 | 2.5 | 98.76% | 99 % |" in text
+    assert "99.77%" in text and "LeCun" in text
+    assert page.count('<img alt="') == 8 and page.count('src="data:image/png;base64,') == 8  # self-contained
     assert run_count(tmp_path) == 1  # train, evaluate and report share one MLflow run
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    assert run.data.metrics["test_top2_accuracy"] == evaluation["test_top2_accuracy"]
+    assert run.data.metrics["test_ece"] == pytest.approx(evaluation["test_ece"])
+    assert run.data.metrics["save_load_identical"] == 1.0
+    folders = ("figures", "report", "metrics", "metrics/plots")
+    logged = {a.path for folder in folders for a in client.list_artifacts(run.info.run_id, folder)}
+    assert {"report/report.md", "report/report.html", "figures/robustness.png", "figures/reliability.png",
+            "metrics/evaluate.json", "metrics/evaluation.json", "metrics/plots/robustness.csv"} <= logged
+
+    # a checkpoint that no longer matches the model logged to MLflow fails the save/load check, writing nothing
+    ckpt = torch.load(tmp_path / "models" / "model.pt", weights_only=True)
+    ckpt["state_dict"] = {k: v + 0.5 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, tmp_path / "models" / "model.pt")
+    before = (tmp_path / "metrics" / "evaluate.json").read_bytes()
+    evaluate = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
+                     tmp_path / "figures", params=params, tmp=tmp_path)
+    assert evaluate.returncode == 2 and "Traceback" not in evaluate.stderr, evaluate.stderr
+    assert "error: reloaded model predicts differently from the in-memory model: mlflow: " in evaluate.stderr
+    assert (tmp_path / "metrics" / "evaluate.json").read_bytes() == before
 
 
 @pytest.mark.parametrize(

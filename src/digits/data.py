@@ -142,14 +142,27 @@ def augment(
 
     angle = uniform(n, half_width=math.radians(rotation_deg))
     scale = 1 + uniform(n, half_width=zoom)
-    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
     tx, ty = uniform(n, half_width=2 * shift), uniform(n, half_width=2 * shift)  # grid coordinates span [-1, 1]
-    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+    grid = affine_grid(x, angle, scale, tx, ty)
     if elastic_px:
         coarse = uniform(n, 2, max(2, round(h / elastic_scale)), max(2, round(w / elastic_scale)))
         field = F.interpolate(coarse, size=(h, w), mode="bicubic", align_corners=False)
         field = field / field.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)  # peak displacement = alpha
         pixels_to_grid = torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)
         grid = grid + field.permute(0, 2, 3, 1) * elastic_px * pixels_to_grid
+    return warp(x, grid, interpolation)
+
+
+def affine_grid(
+    x: torch.Tensor, angle: torch.Tensor, scale: torch.Tensor, tx: torch.Tensor, ty: torch.Tensor
+) -> torch.Tensor:
+    """Sampling grid [N, H, W, 2] for per-sample rotation (radians), zoom factor and shift in grid units (the
+    side spans 2) of a batch ``x`` [N, C, H, W]."""
+    cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    return F.affine_grid(theta, list(x.shape), align_corners=False)
+
+
+def warp(x: torch.Tensor, grid: torch.Tensor, interpolation: str = "bilinear") -> torch.Tensor:
+    """Resample ``x`` at ``grid`` with zero (background) padding."""
     return F.grid_sample(x, grid, mode=interpolation, padding_mode="zeros", align_corners=False)

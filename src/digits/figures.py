@@ -89,3 +89,90 @@ def confusion_matrix(cm: np.ndarray, path: str | Path) -> None:
                     )
         ax.set(xticks=range(10), yticks=range(10), xlabel="predicted", ylabel="actual", title=title)
     save(fig, path)
+
+
+def misclassified(images: np.ndarray, errors: list[dict], path: str | Path, cols: int = 9) -> None:
+    """A grid of misclassified digits (``errors`` as from ``metrics.ranked_errors``, shown in that order)."""
+    if not errors:
+        fig = plt.figure(figsize=(6, 1.2))
+        fig.text(0.5, 0.5, "No misclassified test digits", ha="center", va="center", fontsize=12)
+        save(fig, path)
+        return
+    rows = -(-len(errors) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55 + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, e in zip(axes.flat, errors, strict=False):
+        ax.imshow(images[e["index"]], cmap="gray_r")
+        ax.set_title(f"{e['actual']} → {e['predicted']}\n{e['p_predicted']:.2f} vs {e['p_actual']:.2f}", fontsize=8)
+    fig.suptitle("Misclassified test digits, most confidently wrong first\n"
+                 "(true → predicted; p(predicted) vs p(true))", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    save(fig, path)
+
+
+def prediction_samples(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, indices: list[int],
+                       path: str | Path, cols: int = 2) -> None:  # fmt: skip
+    """Sampled test digits next to their predicted class probabilities (true class green, a wrong pick red)."""
+    rows = -(-len(indices) // cols)
+    fig, axes = plt.subplots(rows, 2 * cols, figsize=(5.2 * cols, 1.25 * rows + 0.4), squeeze=False,
+                             gridspec_kw={"width_ratios": [1, 2.6] * cols})  # fmt: skip
+    for ax in axes.flat:
+        ax.axis("off")
+    for k, i in enumerate(indices):
+        ax_img, ax_bar = axes[k // cols, 2 * (k % cols)], axes[k // cols, 2 * (k % cols) + 1]
+        ax_img.imshow(images[i], cmap="gray_r")
+        pred = int(probs[i].argmax())
+        colors = ["tab:green" if d == labels[i] else "tab:red" if d == pred else "0.6" for d in range(10)]
+        ax_bar.axis("on")
+        ax_bar.bar(range(10), probs[i], color=colors)
+        ax_bar.set(ylim=(0, 1.05), xticks=range(10), yticks=[0, 0.5, 1])
+        ax_bar.tick_params(labelsize=7)
+        ax_bar.set_title(f"#{i}: true {labels[i]}, predicted {pred} ({probs[i, pred]:.3f})", fontsize=8)
+    fig.suptitle("Sample of test predictions: class probabilities (true class green, wrong prediction red)",
+                 fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    save(fig, path)
+
+
+def reliability_diagram(bins: list[dict], ece: float, path: str | Path) -> None:
+    """Accuracy against mean confidence per confidence bin, with the sample count of each bin below."""
+    fig, (ax, ax_n) = plt.subplots(2, 1, figsize=(6, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
+    full = [b for b in bins if b["count"]]
+    width = bins[0]["bin_upper"] - bins[0]["bin_lower"]
+    centers = [(b["bin_lower"] + b["bin_upper"]) / 2 for b in full]
+    ax.bar(centers, [b["accuracy"] for b in full], width * 0.95, color="tab:blue", alpha=0.8, label="accuracy")
+    ax.hlines([b["confidence"] for b in full], [c - width * 0.475 for c in centers],
+              [c + width * 0.475 for c in centers], color="tab:red", lw=2.5, label="mean confidence")  # fmt: skip
+    ax.plot([0, 1], [0, 1], "k--", lw=1, label="perfect calibration")
+    ax.set(ylim=(0, 1), ylabel="accuracy", title=f"Reliability diagram (ECE {ece:.4f}, {len(bins)} bins)")
+    ax.legend(loc="upper left")
+    ax_n.bar(centers, [b["count"] for b in full], width * 0.95, color="0.5")
+    ax_n.set(yscale="log", xlim=(0, 1), xlabel="confidence (top-class probability)", ylabel="samples")
+    save(fig, path)
+
+
+def robustness(rows: list[dict], examples: list[tuple[str, np.ndarray]], path: str | Path) -> None:
+    """Accuracy under each perturbation (bars) and one test digit under each (top row)."""
+    n = len(examples)
+    fig = plt.figure(figsize=(max(9.0, 0.8 * n), 7.5))
+    grid = fig.add_gridspec(2, n, height_ratios=[1, 6], hspace=0.12)
+    for k, (name, image) in enumerate(examples):
+        ax = fig.add_subplot(grid[0, k])
+        ax.imshow(image, cmap="gray_r", vmin=0, vmax=1)
+        ax.set_title(name.replace(" ", "\n", 1), fontsize=7)
+        ax.axis("off")
+    ax = fig.add_subplot(grid[1, :])
+    names = [r["condition"] for r in rows][::-1]
+    acc = [r["accuracy"] for r in rows][::-1]
+    families = sorted({r["family"] for r in rows}, key=[r["family"] for r in rows].index)
+    color = {f: plt.get_cmap("tab10")(i) for i, f in enumerate(families)}
+    ax.barh(names, acc, color=[color[r["family"]] for r in rows][::-1])
+    low = min(acc)
+    ax.set_xlim(max(0.0, low - (1 - low) * 0.15 - 0.01), 1.0)
+    for y, a in enumerate(acc):
+        ax.text(a, y, f" {a:.2%}", va="center", ha="left" if a < 0.97 else "right", fontsize=8,
+                color="black" if a < 0.97 else "white")  # fmt: skip
+    ax.axvline(rows[0]["accuracy"], color="k", ls="--", lw=1)
+    ax.set(xlabel="test accuracy", title="Robustness: test accuracy under perturbations (dashed: clean)")
+    save(fig, path)

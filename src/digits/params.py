@@ -80,10 +80,14 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     batch_size: Annotated[int, Field(ge=1)] = 256
+    seed: int = 0  # robustness perturbations and the sample of predictions shown
+    calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
+    misclassified_shown: Annotated[int, Field(ge=1, le=200)] = 36
 
 
 class ReportParams(Section):
     title: str = "digits: MNIST run report"
+    baseline_rev: str = "HEAD"  # git revision whose committed metrics the run is compared with
 
 
 class RegisterParams(Section):
