@@ -10,7 +10,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from digits import data, device, figures, files, models, params, stage, tracking, training
+from digits import data, device, figures, files, models, params, resume, stage, tracking, training
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, object]:
@@ -20,10 +20,18 @@ def flat(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def resume_store(data_dir: Path, p: params.TrainParams, stats: dict, dev, directory: str | None) -> resume.Store:
+    """The per-epoch resume checkpoint of this exact run (train params + processed data + device)."""
+    data_identity = {"stats": stats, **{f: files.md5_file(data_dir / f) for f in ("train.pt", "val.pt")}}
+    key = resume.run_key(p.model_dump(mode="json"), data_identity, dev)
+    return resume.Store(directory or resume.default_dir(), key)
+
+
 def main() -> None:
     ap = stage.parser(__doc__)
     for name in ("data_dir", "model_dir", "metrics_dir", "fig_dir"):
         ap.add_argument(name)
+    ap.add_argument("--resume-dir", help="where per-epoch resume checkpoints go (default: .cache/train-resume)")
     args = ap.parse_args()
     p = params.load(args.params).train
     data_dir, model_dir, metrics_dir = Path(args.data_dir), Path(args.model_dir), Path(args.metrics_dir)
@@ -41,17 +49,28 @@ def main() -> None:
         f"{len(train_split)} train / {len(val_split)} val images"
     )
 
+    store = resume_store(data_dir, p, stats, dev, args.resume_dir)
+    state = store.load()
     md5_tags = {f"data_md5.{k}": v for k, v in stats["raw_md5"].items()}
-    with tracking.start_run("train", tags={"device": device.describe(dev), **md5_tags}) as run:
-        mlflow.log_params(
-            {
-                **flat(p.model_dump()),
-                "n_parameters": n_params,
-                "device": device.describe(dev),
-                "train_size": len(train_split),
-                "val_size": len(val_split),
-            }
-        )
+    tags = {"device": device.describe(dev), **md5_tags}
+    with tracking.start_run("train", tags=tags, continue_run_id=state and state["run_id"]) as run:
+        if state is not None:
+            print(f"resuming from epoch {state['epoch'] + 1} of {p.epochs}: epochs 1-{state['epoch']} restored "
+                  f"from {store.path}", flush=True)
+            mlflow.set_tag("resumed_from_epoch", state["epoch"] + 1)
+        continued = state is not None and run.info.run_id == state["run_id"]
+        for row in state["history"] if state is not None and not continued else []:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
+        if not continued:  # a reopened run has its params already
+            mlflow.log_params(
+                {
+                    **flat(p.model_dump()),
+                    "n_parameters": n_params,
+                    "device": device.describe(dev),
+                    "train_size": len(train_split),
+                    "val_size": len(val_split),
+                }
+            )
 
         def on_epoch(e: training.Epoch) -> None:
             print(
@@ -61,7 +80,8 @@ def main() -> None:
             )
             mlflow.log_metrics({k: v for k, v in vars(e).items() if k != "epoch"}, step=e.epoch)
 
-        result = training.fit(model, train_xy, val_xy, p, on_epoch)
+        result = training.fit(model, train_xy, val_xy, p, on_epoch, resume=state,
+                              on_checkpoint=lambda s: store.save({**s, "run_id": run.info.run_id}))
         best = result.best
         seconds = sum(e.epoch_seconds for e in result.history)
         print(
@@ -128,6 +148,7 @@ def main() -> None:
                 "data_sizes": stats["sizes"],
             },
         )
+    store.clear()  # this run is complete: nothing to resume
 
 
 if __name__ == "__main__":
