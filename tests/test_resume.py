@@ -109,14 +109,14 @@ def test_store_round_trip_and_foreign_or_damaged_files_are_ignored_loudly(tmp_pa
 
 # ------------------------------------------------------------------ the train stage as a real process
 
-EPOCHS = 6
+EPOCHS = 4
 
 
 @pytest.fixture(scope="module")
 def small(tmp_path_factory) -> Path:
-    """Processed data big enough that an epoch takes a moment (2000 images), a tiny CNN, 6 epochs."""
+    """Processed data big enough that an epoch takes a moment (1200 images), a tiny CNN, 4 epochs."""
     root = tmp_path_factory.mktemp("resume")
-    make_idx_dataset(root / "raw", n_train=2000, n_test=100, seed=3)
+    make_idx_dataset(root / "raw", n_train=1200, n_test=100, seed=3)
     params = write_params(root / "params.yaml", train={"epochs": EPOCHS, "width": 8, "batch_size": 32,
                                                        "scheduler": "onecycle", "ema_decay": 0.99})
     proc = stage("preprocess.py", root / "raw", root / "processed", root / "figures", params=params, tmp=root)
@@ -230,8 +230,11 @@ def test_changed_train_param_never_resumes_a_stale_checkpoint(small: Path):
     [stale_checkpoint] = checkpoints(out)
     changed = write_params(small / "changed.yaml", train={"epochs": EPOCHS, "width": 8, "batch_size": 32,
                                                            "scheduler": "onecycle", "ema_decay": 0.99, "lr": 0.002})
+    [stale_run] = mlflow_runs(out)
     proc = train(small, out, changed)
     assert "resuming" not in proc.stdout
+    runs = {r.info.run_id: r for r in mlflow_runs(out)}
+    assert runs[stale_run.info.run_id].info.status == "KILLED"  # its process is gone: not left RUNNING
     new = [r for r in mlflow_runs(out) if r.data.params.get("lr") == "0.002"]
     assert len(new) == 1 and val_accuracy_steps(out, new[0].info.run_id) == list(range(1, EPOCHS + 1))
     assert checkpoints(out) == [stale_checkpoint]  # the other run's checkpoint is kept for that run

@@ -100,3 +100,18 @@ def test_concurrent_processes_on_a_fresh_store_all_succeed(tmp_path: Path):
         assert proc.returncode == 0, err
         assert "database is locked" not in err and "already exists" not in err
     assert sorted(all_statuses(tmp_path)) == ["FINISHED"] * 6
+
+
+def test_a_run_whose_process_died_is_marked_killed_by_the_next_run(tmp_path: Path):
+    """SIGKILL cannot be handled: the next run on this host finds the dead process's run and ends it KILLED."""
+    proc = start(tmp_path, "wait")
+    line = proc.stdout.readline()
+    assert line.startswith("started"), proc.stderr.read()
+    proc.kill()
+    proc.communicate(timeout=60)
+    orphan = line.split()[1]
+    assert status(tmp_path, orphan) == "RUNNING"
+    nxt = start(tmp_path, "finish")
+    out, err = nxt.communicate(timeout=120)
+    assert nxt.returncode == 0, err
+    assert status(tmp_path, orphan) == "KILLED" and status(tmp_path, out.split()[1]) == "FINISHED"

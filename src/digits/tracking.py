@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import os
+import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -116,6 +117,35 @@ def _recorded(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
     mlflow.end_run("FINISHED")
 
 
+def _owner() -> dict[str, str]:
+    """Which process holds a run open: lets a later run tell that a RUNNING run's process is gone."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_orphaned_runs(exp_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process no longer exists (SIGKILL, OOM, power loss: no
+    handler could end them). Returns their ids."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    running = client.search_runs([exp_id], f"attributes.status = 'RUNNING' and tags.host = '{host}'")
+    orphans = [r.info.run_id for r in running if r.data.tags.get("pid", "").isdigit()
+               and not _alive(int(r.data.tags["pid"]))]  # fmt: skip
+    for run_id in orphans:
+        client.set_tag(run_id, "ended_by", "a later run found its process gone")
+        client.set_terminated(run_id, "KILLED")
+    return orphans
+
+
 def run_exists(run_id: str) -> bool:
     mlflow.set_tracking_uri(tracking_uri())
     try:
@@ -133,7 +163,8 @@ def start_run(
     it with an honest status. ``continue_run_id``: reopen that run instead if the store still has it (a resumed
     training run)."""
     exp = experiment_id()
-    tags = {**identity(), **tags}
+    end_orphaned_runs(exp)
+    tags = {**identity(), **tags, **_owner()}
     if continue_run_id and run_exists(continue_run_id):
         active = mlflow.start_run(run_id=continue_run_id)
         mlflow.set_tags(tags)
@@ -152,4 +183,6 @@ def require_run(run_id: str) -> None:
 def resume_run(run_id: str) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
     """Continue the run a previous stage started (evaluate and report add to train's run), ending it honestly."""
     require_run(run_id)
-    return _recorded(mlflow.start_run(run_id=run_id))
+    active = mlflow.start_run(run_id=run_id)
+    mlflow.set_tags(_owner())
+    return _recorded(active)
