@@ -21,9 +21,9 @@ def flat(d: dict, prefix: str = "") -> dict[str, object]:
 
 
 def resume_store(data_dir: Path, p: params.TrainParams, stats: dict, dev, directory: str | None) -> resume.Store:
-    """The per-epoch resume checkpoint of this exact run (train params + processed data + device)."""
+    """The per-epoch resume checkpoint of this exact run (train params + processed data + device and threads)."""
     data_identity = {"stats": stats, **{f: files.md5_file(data_dir / f) for f in ("train.pt", "val.pt")}}
-    key = resume.run_key(p.model_dump(mode="json"), data_identity, dev)
+    key = resume.run_key(p.model_dump(mode="json"), data_identity, device.describe(dev))
     return resume.Store(directory or resume.default_dir(), key)
 
 
@@ -55,22 +55,16 @@ def main() -> None:
     tags = {"device": device.describe(dev), **md5_tags}
     with tracking.start_run("train", tags=tags, continue_run_id=state and state["run_id"]) as run:
         if state is not None:
-            print(f"resuming from epoch {state['epoch'] + 1} of {p.epochs}: epochs 1-{state['epoch']} restored "
-                  f"from {store.path}", flush=True)
-            mlflow.set_tag("resumed_from_epoch", state["epoch"] + 1)
-        continued = state is not None and run.info.run_id == state["run_id"]
-        for row in state["history"] if state is not None and not continued else []:
-            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
-        if not continued:  # a reopened run has its params already
-            mlflow.log_params(
-                {
-                    **flat(p.model_dump()),
-                    "n_parameters": n_params,
-                    "device": device.describe(dev),
-                    "train_size": len(train_split),
-                    "val_size": len(val_split),
-                }
-            )
+            resume.announce(state, store, run.info.run_id, p.epochs)
+        mlflow.log_params(
+            {
+                **flat(p.model_dump()),
+                "n_parameters": n_params,
+                "device": device.describe(dev),
+                "train_size": len(train_split),
+                "val_size": len(val_split),
+            }
+        )
 
         def on_epoch(e: training.Epoch) -> None:
             print(

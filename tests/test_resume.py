@@ -82,12 +82,12 @@ def test_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_fit(name: str, s
 
 def test_resume_key_changes_with_every_input():
     p = recipe("sgd-plateau").model_dump(mode="json")
-    base = resume.run_key(p, {"md5": "a"}, torch.device("cpu"))
-    assert base == resume.run_key(dict(p), {"md5": "a"}, torch.device("cpu"))
-    assert base != resume.run_key({**p, "lr": 0.02}, {"md5": "a"}, torch.device("cpu"))
-    assert base != resume.run_key({**p, "augment": {**p["augment"], "zoom": 0.2}}, {"md5": "a"}, torch.device("cpu"))
-    assert base != resume.run_key(p, {"md5": "b"}, torch.device("cpu"))
-    assert base != resume.run_key(p, {"md5": "a"}, torch.device("cuda"))
+    base = resume.run_key(p, {"md5": "a"}, "cpu (2 threads)")
+    assert base == resume.run_key(dict(p), {"md5": "a"}, "cpu (2 threads)")
+    assert base != resume.run_key({**p, "lr": 0.02}, {"md5": "a"}, "cpu (2 threads)")
+    assert base != resume.run_key({**p, "augment": {**p["augment"], "zoom": 0.2}}, {"md5": "a"}, "cpu (2 threads)")
+    assert base != resume.run_key(p, {"md5": "b"}, "cpu (2 threads)")
+    assert base != resume.run_key(p, {"md5": "a"}, "cpu (1 threads)")
 
 
 def test_store_round_trip_and_foreign_or_damaged_files_are_ignored_loudly(tmp_path: Path, capsys):
@@ -222,6 +222,16 @@ def test_sigterm_ends_the_run_killed_and_the_rerun_finishes_it(small: Path, unin
     assert results(out) == uninterrupted
     [run] = mlflow_runs(out)
     assert run.info.status == "FINISHED"
+
+
+def test_resume_without_the_interrupted_run_logs_the_restored_epochs_to_a_new_run(small: Path, uninterrupted):
+    out = small / "store-lost"
+    interrupt(small, out, signal.SIGKILL)
+    (out / "mlflow.db").unlink()  # e.g. the store was reset between the crash and the rerun
+    assert "resuming from epoch " in train(small, out).stdout
+    assert results(out) == uninterrupted
+    [run] = mlflow_runs(out)
+    assert run.info.status == "FINISHED" and val_accuracy_steps(out, run.info.run_id) == list(range(1, EPOCHS + 1))
 
 
 def test_changed_train_param_never_resumes_a_stale_checkpoint(small: Path):

@@ -2,8 +2,8 @@
 
 The checkpoint lives outside DVC's outputs (DVC deletes a stage's outputs before running it), in
 ``<project root>/.cache/train-resume/<key>.pt``, where ``key`` hashes the validated train params, the processed
-data's identity (stats.json), the device type and the torch version: a run with any of them changed never resumes
-another's state. It is deleted after the run that wrote it succeeds.
+data's identity (stats.json, file MD5s), the device (with the CPU thread count) and the torch version: a run with
+any of them changed never resumes another's state. It is deleted after the run that wrote it succeeds.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import mlflow
 import torch
 
 from digits import files, tracking
@@ -25,12 +26,13 @@ def default_dir() -> Path:
     return tracking.project_root() / ".cache" / "train-resume"
 
 
-def run_key(train_params: dict[str, Any], data_identity: dict[str, Any], device: torch.device) -> str:
+def run_key(train_params: dict[str, Any], data_identity: dict[str, Any], device: str) -> str:
+    """``device`` describes the device and CPU thread count (the thread count changes float reduction order)."""
     identity = {
         "format": FORMAT,
         "params": train_params,
         "data": data_identity,
-        "device": device.type,
+        "device": device,
         "torch": torch.__version__,
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -67,3 +69,14 @@ class Store:
 
     def clear(self) -> None:
         self.path.unlink(missing_ok=True)
+
+
+def announce(state: dict[str, Any], store: Store, run_id: str, epochs: int) -> None:
+    """Say that training continues (stdout and an MLflow tag); if the interrupted run is gone from the store and
+    ``run_id`` is a new run, log the restored epochs' metrics to it."""
+    print(f"resuming from epoch {state['epoch'] + 1} of {epochs}: epochs 1-{state['epoch']} restored from "
+          f"{store.path}", flush=True)  # fmt: skip
+    mlflow.set_tag("resumed_from_epoch", state["epoch"] + 1)
+    if run_id != state["run_id"]:
+        for row in state["history"]:
+            mlflow.log_metrics({k: v for k, v in row.items() if k != "epoch"}, step=row["epoch"])
