@@ -13,7 +13,7 @@ from pathlib import Path
 import mlflow
 import torch
 
-from digits import data, device, distributed, figures, files, models, params, stage, tracking, training
+from digits import data, device, distributed, figures, files, models, params, resume, stage, tracking, training
 
 
 def flat(d: dict, prefix: str = "") -> dict[str, object]:
@@ -23,10 +23,18 @@ def flat(d: dict, prefix: str = "") -> dict[str, object]:
     return out
 
 
+def resume_store(data_dir: Path, p: params.TrainParams, stats: dict, dev, directory: str | None) -> resume.Store:
+    """The per-epoch resume checkpoint of this exact run (train params + processed data + device and threads)."""
+    data_identity = {"stats": stats, **{f: files.md5_file(data_dir / f) for f in ("train.pt", "val.pt")}}
+    key = resume.run_key(p.model_dump(mode="json"), data_identity, device.describe(dev))
+    return resume.Store(directory or resume.default_dir(), key)
+
+
 def main() -> None:
     ap = stage.parser(__doc__)
     for name in ("data_dir", "model_dir", "metrics_dir", "fig_dir"):
         ap.add_argument(name)
+    ap.add_argument("--resume-dir", help="where per-epoch resume checkpoints go (default: .cache/train-resume)")
     args = ap.parse_args()
     p = params.load(args.params).train
     data_dir, model_dir, metrics_dir = Path(args.data_dir), Path(args.model_dir), Path(args.metrics_dir)
@@ -51,9 +59,15 @@ def main() -> None:
             f"× {distributed.world_size()} process(es); {len(train_split)} train / {len(val_split)} val images"
         )
 
+    # resumable single-process runs (a data-parallel run would also need every rank's generators: not resumed)
+    store = resume_store(data_dir, p, stats, dev, args.resume_dir) if distributed.world_size() == 1 else None
+    state = store.load() if store else None
     md5_tags = {f"data_md5.{k}": v for k, v in stats["raw_md5"].items()}
     tags = {"device": device.describe(dev), **md5_tags}
-    with tracking.start_run("train", tags) if main_rank else nullcontext() as run:
+    continue_run_id = state and state["run_id"]
+    with tracking.start_run("train", tags, continue_run_id=continue_run_id) if main_rank else nullcontext() as run:
+        if state is not None:
+            resume.announce(state, store, run.info.run_id, p.epochs)
         if main_rank:
             mlflow.log_params(
                 {
@@ -76,7 +90,8 @@ def main() -> None:
             )
             mlflow.log_metrics({k: v for k, v in vars(e).items() if k != "epoch"}, step=e.epoch)
 
-        result = training.fit(model, train_xy, val_xy, p, on_epoch)
+        save = store and (lambda s: store.save({**s, "run_id": run.info.run_id}))
+        result = training.fit(model, train_xy, val_xy, p, on_epoch, resume=state, on_checkpoint=save)
         if not main_rank:
             return
         best = result.best
@@ -146,6 +161,8 @@ def main() -> None:
                 "data_sizes": stats["sizes"],
             },
         )
+    if store:
+        store.clear()  # this run is complete: nothing to resume
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ class IdxHTTPServer:
     """A real HTTP server on 127.0.0.1 serving ``/<mode>/<filename>.gz``; the mode picks the behaviour.
 
     Modes: ``good`` (the gzipped file), ``corrupt`` (gzipped, one byte of the IDX data changed),
-    ``404``, ``500``, ``truncgz`` (the first half of the gzip stream, with a matching Content-Length),
+    ``404``, ``500``, ``empty`` (a zero-length 200 reply),
+    ``truncgz`` (the first half of the gzip stream, with a matching Content-Length),
     ``hang`` (reads the request, never answers), ``drip`` (headers, then one byte every 50 ms for up to
     ``drip_s`` seconds), ``garbage`` (a reply that is not HTTP).
     """
@@ -106,6 +107,8 @@ class IdxHTTPServer:
                     self._send(server.gz[filename])
                 elif mode == "corrupt" and known:
                     self._send(server.corrupt_gz[filename])
+                elif mode == "empty" and known:
+                    self._send(b"")
                 elif mode == "truncgz" and known:
                     self._send(server.gz[filename][: len(server.gz[filename]) // 2])
                 elif mode == "500":

@@ -6,14 +6,17 @@ from __future__ import annotations
 import gzip
 import hashlib
 import os
+import shutil
 import socket
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
+import yaml
 
 from digits import idx
 
@@ -95,3 +98,27 @@ def mlflow_runs(project: Path) -> list:
     client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
     exp = client.get_experiment_by_name("digits")
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
+def git_project(dest: Path, repo: Path, change_params: Callable[[dict], None]) -> Path:
+    """A git repository at ``dest`` holding ``repo``'s working tree (tracked + untracked, not ignored), without
+    dvc.lock, with ``change_params`` applied to its params.yaml: the real pipeline, ready for ``dvc``."""
+    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo,
+                            capture_output=True, text=True, check=True).stdout.split("\0")
+    for rel in filter(None, listed):
+        if (repo / rel).is_file():
+            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(repo / rel, dest / rel)
+    (dest / "dvc.lock").unlink(missing_ok=True)
+    params = yaml.safe_load((dest / "params.yaml").read_text())
+    change_params(params)
+    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "test project"]):
+        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    return dest
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This environment without DVC_*/MLFLOW_* variables, the venv's bin first on PATH (for ``dvc``)."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
+    env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
+    return {**env, **extra}

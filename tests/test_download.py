@@ -466,3 +466,69 @@ def test_damaged_gzip_body_falls_back_to_next_source(tmp_path, tiny_idx):
     dest = tmp_path / "raw"
     fetch_all(dest, [LocalDirSource(bad), LocalDirSource(tiny_idx.directory)], tiny_idx.md5, log=lambda _: None)
     _assert_verified(dest, tiny_idx.md5)
+
+
+# ---------------------------------------------------------------- faults leave nothing behind (issue: reliability)
+
+
+@pytest.mark.parametrize("mode", ["empty", "truncgz", "corrupt", "404", "500", "garbage", "drip", "hang"])
+def test_failing_mirror_leaves_no_partial_file(tmp_path, tiny_idx, idx_http_server, mode):
+    """Whatever the fault, a failed fetch writes nothing under the output directory, within a bounded time."""
+    idx_http_server.drip_s = 3.0
+    dest = tmp_path / "raw"
+    start = time.monotonic()
+    with pytest.raises(DownloadError):
+        fetch_all(dest, [MirrorSource(idx_http_server.url(mode), 0.2)], tiny_idx.md5, log=lambda _: None)
+    assert time.monotonic() - start < 10
+    assert _listing(dest) == []
+
+
+def test_zero_length_files_are_rejected_and_the_next_source_used(tmp_path, tiny_idx, idx_http_server):
+    empty = tmp_path / "zero"
+    empty.mkdir()
+    for name in IDX_FILES:
+        (empty / name).write_bytes(b"")
+    dest = tmp_path / "raw"
+    dest.mkdir()
+    (dest / IDX_FILES[0]).write_bytes(b"")  # a zero-length file already present is not "verified"
+    sources = [LocalDirSource(empty), MirrorSource(idx_http_server.url("empty"), 2),
+               MirrorSource(idx_http_server.url("good"), 2)]
+    fetch_all(dest, sources, tiny_idx.md5, log=lambda _: None)
+    _assert_verified(dest, tiny_idx.md5)
+    assert len(idx_http_server.requests_for("empty")) == 4  # a zero-length reply does not mark the source down
+
+
+def test_all_sources_failing_leaves_previous_good_data_untouched(tmp_path, tiny_idx, idx_http_server):
+    """Two verified files, one damaged, one missing; every source fails: nothing already there changes."""
+    dest = tmp_path / "raw"
+    make_idx_dataset(dest, n_train=20, n_test=10, seed=0)
+    (dest / IDX_FILES[2]).write_bytes(b"damaged")
+    (dest / IDX_FILES[3]).unlink()
+    before = {p.name: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in dest.iterdir()}
+    sources = [MirrorSource(idx_http_server.url(m), 0.2) for m in ("truncgz", "500", "hang")]
+    with pytest.raises(DownloadError) as info:
+        fetch_all(dest, sources, tiny_idx.md5, log=lambda _: None)
+    assert list(_parse_error(str(info.value))) == list(IDX_FILES[2:])
+    assert {p.name: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in dest.iterdir()} == before
+
+
+@pytest.mark.skipif(not all((REPO_ROOT / "data" / "raw" / n).is_file() for n in IDX_FILES),
+                    reason="needs the real MNIST files in data/raw")
+def test_stage_with_verified_data_needs_no_network(tmp_path, idx_http_server):
+    """src/download.py with the real, verified MNIST files present: exit 0 without contacting any source
+    (the only mirrors configured hang or refuse connections, the registry is off)."""
+    out_dir = tmp_path / "raw"
+    out_dir.mkdir()
+    for name in IDX_FILES:
+        (out_dir / name).write_bytes((REPO_ROOT / "data" / "raw" / name).read_bytes())
+    mtimes = {name: os.stat(out_dir / name).st_mtime_ns for name in IDX_FILES}
+    params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
+    params["download"] = {"local_dir": None, "registry_mirror": False, "timeout_s": 5,
+                          "mirrors": [idx_http_server.url("hang"), f"http://127.0.0.1:{closed_port()}/"]}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    proc = subprocess.run([sys.executable, "src/download.py", str(out_dir), "--params", str(tmp_path / "params.yaml")],
+                          cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("already present and verified") == 4
+    assert idx_http_server.requests == []
+    assert {name: os.stat(out_dir / name).st_mtime_ns for name in IDX_FILES} == mtimes

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import copy
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+from helpers import clean_env, git_project
 
 from digits import params
 from digits.errors import UserError
@@ -91,6 +93,7 @@ def test_wrong_type(tmp_path: Path, base: dict[str, Any]) -> None:
         ("train", "epochs", 0, "greater than or equal to 1"),
         ("train", "dropout", 1.0, "less than 1"),
         ("train", "nproc", 0, "greater than or equal to 1"),
+        ("train", "dropout", -0.1, "greater than or equal to 0"),
     ],
 )
 def test_out_of_range(tmp_path: Path, base: dict[str, Any], section: str, key: str, value: Any, bound: str) -> None:
@@ -214,3 +217,31 @@ def test_validate_accepts_a_mapping_directly(base: dict[str, Any]) -> None:
     assert params.validate(copy.deepcopy(base)) == params.load(REPO_PARAMS)
     with pytest.raises(ParamsError, match="custom-source"):
         params.validate([], "custom-source")
+
+
+@pytest.fixture(scope="module")
+def dvc_project(tmp_path_factory) -> Path:
+    return git_project(tmp_path_factory.mktemp("dvc") / "digits", REPO_PARAMS.parent, lambda raw: None)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("train.lr=-1", "'train.lr' = -1: Input should be greater than 0"),
+        ("train.optimizer=rmsprop", "'train.optimizer' = 'rmsprop' is not allowed; choose one of"),
+        ("+train.epoch=3", "unknown key 'train.epoch'. Did you mean 'epochs'?"),
+    ],
+)
+def test_dvc_exp_run_with_a_bad_value_fails_before_any_work(dvc_project: Path, setting: str, message: str) -> None:
+    """`dvc exp run -S` with a bad value (`+key` adds a key DVC does not know): the first stage stops on validation
+    with the clear message; no data,
+    no MLflow run."""
+    proc = subprocess.run(["dvc", "exp", "run", "-S", setting], cwd=dvc_project, env=clean_env(),
+                          capture_output=True, text=True, timeout=600)
+    subprocess.run(["git", "checkout", "--", "params.yaml"], cwd=dvc_project, check=True)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0
+    assert message in output, output
+    assert "Traceback" not in output
+    assert not (dvc_project / "data" / "raw").exists() and not (dvc_project / "mlflow.db").exists()

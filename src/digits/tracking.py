@@ -1,11 +1,16 @@
-"""MLflow wiring: one store for the repository (also from DVC's temporary experiment copies), run identity tags."""
+"""MLflow wiring: one store for the repository (also from DVC's temporary experiment copies), run identity tags,
+runs that end with an honest status, and a store that several processes may create at once."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import http.client
 import os
+import socket
 import subprocess
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
@@ -56,20 +61,42 @@ def artifact_location() -> str:
     return (project_root() / "mlartifacts").as_uri()
 
 
+@contextlib.contextmanager
+def store_lock() -> Iterator[None]:
+    """Hold an exclusive lock on ``<db>.lock`` while a sqlite store is opened (created and migrated on first use).
+
+    MLflow creates a fresh sqlite store with alembic migrations that race when several processes open it at once
+    ("table ... already exists", "duplicate column"); queued DVC experiments do exactly that. Other stores: no-op.
+    """
+    uri = tracking_uri()
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    db = Path(uri.removeprefix("sqlite:///").split("?", 1)[0])
+    db.parent.mkdir(parents=True, exist_ok=True)
+    with open(db.with_name(db.name + ".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
 def experiment_id(name: str | None = None) -> str:
     """Point MLflow at the project store and return the experiment's id, creating it if needed."""
     name = name or os.environ.get("MLFLOW_EXPERIMENT_NAME", EXPERIMENT)
-    require_server()
-    mlflow.set_tracking_uri(tracking_uri())
-    exp = mlflow.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
     uri = tracking_uri()
-    location = artifact_location() if uri.startswith("sqlite:") else None
-    try:
-        return mlflow.create_experiment(name, artifact_location=location)
-    except mlflow.exceptions.MlflowException:  # another process created it first
-        return mlflow.get_experiment_by_name(name).experiment_id
+    require_server(uri)
+    mlflow.set_tracking_uri(uri)
+    with store_lock():
+        exp = mlflow.get_experiment_by_name(name)
+        if exp is not None:
+            return exp.experiment_id
+        location = artifact_location() if uri.startswith("sqlite:") else None
+        try:
+            return mlflow.create_experiment(name, artifact_location=location)
+        except mlflow.exceptions.MlflowException:  # a tracking server: another process created it first
+            return mlflow.get_experiment_by_name(name).experiment_id
 
 
 def _git(*args: str) -> str | None:
@@ -96,27 +123,87 @@ def identity() -> dict[str, str]:
     return tags
 
 
-def start_run(run_name: str, tags: dict[str, str]) -> mlflow.ActiveRun:
-    """Start a new run in the project experiment, tagged with ``identity()`` and ``tags``."""
+@contextlib.contextmanager
+def _recorded(active: mlflow.ActiveRun) -> Iterator[mlflow.ActiveRun]:
+    """End ``active`` as FINISHED, FAILED (an exception) or KILLED (SIGINT/SIGTERM, see stage.run): never RUNNING."""
+    try:
+        yield active
+    except KeyboardInterrupt:
+        mlflow.end_run("KILLED")
+        raise
+    except BaseException:
+        mlflow.end_run("FAILED")
+        raise
+    mlflow.end_run("FINISHED")
+
+
+def _owner() -> dict[str, str]:
+    """Which process holds a run open: lets a later run tell that a RUNNING run's process is gone."""
+    return {"host": socket.gethostname(), "pid": str(os.getpid())}
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def end_orphaned_runs(exp_id: str) -> list[str]:
+    """Mark KILLED the RUNNING runs of this host whose process no longer exists (SIGKILL, OOM, power loss: no
+    handler could end them). Returns their ids."""
+    client = mlflow.MlflowClient()
+    host = socket.gethostname().replace("'", "")
+    running = client.search_runs([exp_id], f"attributes.status = 'RUNNING' and tags.host = '{host}'")
+    orphans = [r.info.run_id for r in running if r.data.tags.get("pid", "").isdigit()
+               and not _alive(int(r.data.tags["pid"]))]  # fmt: skip
+    for run_id in orphans:
+        client.set_tag(run_id, "ended_by", "a later run found its process gone")
+        client.set_terminated(run_id, "KILLED")
+    return orphans
+
+
+def run_exists(run_id: str) -> bool:
+    require_server()
+    mlflow.set_tracking_uri(tracking_uri())
+    try:
+        with store_lock():
+            mlflow.MlflowClient().get_run(run_id)
+    except mlflow.exceptions.MlflowException:
+        return False
+    return True
+
+
+def start_run(
+    run_name: str, tags: dict[str, str], continue_run_id: str | None = None
+) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
+    """Start a run in the project experiment, tagged with ``identity()`` and ``tags``; a context manager that ends
+    it with an honest status. ``continue_run_id``: reopen that run instead if the store still has it (a resumed
+    training run)."""
     exp = experiment_id()
-    return mlflow.start_run(
-        experiment_id=exp, run_name=os.environ.get("DVC_EXP_NAME") or run_name, tags={**identity(), **tags}
-    )
+    end_orphaned_runs(exp)
+    tags = {**identity(), **tags, **_owner()}
+    if continue_run_id and run_exists(continue_run_id):
+        active = mlflow.start_run(run_id=continue_run_id)
+        mlflow.set_tags(tags)
+    else:
+        active = mlflow.start_run(experiment_id=exp, run_name=os.environ.get("DVC_EXP_NAME") or run_name, tags=tags)
+    return _recorded(active)
 
 
 def require_run(run_id: str) -> None:
     """Fail early, with one clear line, if the train stage's run is not in the current store."""
-    uri = tracking_uri()
-    require_server(uri)
-    mlflow.set_tracking_uri(uri)
-    try:
-        mlflow.MlflowClient().get_run(run_id)
-    except mlflow.exceptions.MlflowException:
-        raise UserError(f"MLflow run {run_id} (from the train stage) is not in {uri}; re-run training "
-                        "against this store: dvc repro -f train") from None
+    if not run_exists(run_id):
+        raise UserError(f"MLflow run {run_id} (from the train stage) is not in {tracking_uri()}; re-run training "
+                        "against this store: dvc repro -f train")
 
 
-def resume_run(run_id: str) -> mlflow.ActiveRun:
-    """Continue the run a previous stage started (evaluate and report add to train's run)."""
+def resume_run(run_id: str) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
+    """Continue the run a previous stage started (evaluate and report add to train's run), ending it honestly."""
     require_run(run_id)
-    return mlflow.start_run(run_id=run_id)
+    active = mlflow.start_run(run_id=run_id)
+    mlflow.set_tags(_owner())
+    return _recorded(active)

@@ -113,10 +113,14 @@ def fit(
     val: tuple[torch.Tensor, torch.Tensor],
     p: TrainParams,
     on_epoch: Callable[[Epoch], None] = lambda e: None,
+    resume: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
 ) -> FitResult:
     """Train with the recipe in ``p``; keep the weights of the best epoch by validation accuracy.
 
     With ``p.ema_decay`` the weights evaluated, kept and returned are the exponential moving average.
+    After every epoch ``on_checkpoint`` gets the whole training state (see ``_state``); passing such a state as
+    ``resume`` continues after its epoch exactly as if the run had never stopped (same RNG streams, same result).
     """
     x, y = train
     gen = torch.Generator(device=x.device).manual_seed(p.seed)
@@ -135,7 +139,11 @@ def fit(
     aug = p.augment
     history: list[Epoch] = []
     best_epoch, best_key, best_state, stopped_early = 0, (-1.0, 0.0), {}, False
-    for epoch in range(1, p.epochs + 1):
+    if resume is not None:
+        history, best_epoch, best_key, best_state, stopped_early = _restore(resume, model, opt, sched, ema, gen)
+    for epoch in range(len(history) + 1, p.epochs + 1):
+        if stopped_early:
+            break
         model.train()
         start, loss_sum, correct, seen = time.perf_counter(), torch.zeros((), device=x.device), 0, 0
         lr = opt.param_groups[0]["lr"]
@@ -170,9 +178,48 @@ def fit(
             best_epoch, best_key, best_state = epoch, (val_acc, -val_loss), copy.deepcopy(kept.state_dict())
         elif p.early_stopping_patience and epoch - best_epoch >= p.early_stopping_patience:
             stopped_early = True
-            break
+        if on_checkpoint is not None:
+            on_checkpoint(_state(history, best_epoch, best_key, best_state, stopped_early, model, opt, sched, ema, gen))
     model.load_state_dict(best_state)
     return FitResult(history, best_epoch, best_state, stopped_early)
+
+
+def _state(history, best_epoch, best_key, best_state, stopped_early, model, opt, sched, ema, gen) -> dict[str, Any]:
+    """Everything ``fit`` needs to continue after the last epoch of ``history`` (tensors and plain values only,
+    so it loads with ``weights_only=True``)."""
+    return {
+        "epoch": len(history),
+        "history": epoch_rows(history),
+        "best_epoch": best_epoch,
+        "best_key": list(best_key),
+        "best_state": best_state,
+        "stopped_early": stopped_early,
+        "model": model.state_dict(),
+        "optimizer": opt.state_dict(),
+        "scheduler": sched.state_dict() if sched is not None else None,
+        "ema": ema.module.state_dict() if ema is not None else None,
+        "ema_updates": ema.updates if ema is not None else 0,
+        "generator": gen.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        "cuda_rng": torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else [],
+    }
+
+
+def _restore(state: dict[str, Any], model, opt, sched, ema, gen):
+    """Load a ``_state`` into the live objects; return (history, best_epoch, best_key, best_state, stopped_early)."""
+    model.load_state_dict(state["model"])
+    opt.load_state_dict(state["optimizer"])
+    if sched is not None:
+        sched.load_state_dict(state["scheduler"])
+    if ema is not None:
+        ema.module.load_state_dict(state["ema"])
+        ema.updates = state["ema_updates"]
+    gen.set_state(state["generator"])
+    torch.set_rng_state(state["torch_rng"])
+    if state["cuda_rng"]:
+        torch.cuda.set_rng_state_all(state["cuda_rng"])
+    history = [Epoch(**row) for row in state["history"]]
+    return history, state["best_epoch"], tuple(state["best_key"]), state["best_state"], state["stopped_early"]
 
 
 def save_checkpoint(path: str | Path, model: nn.Module, meta: dict[str, Any]) -> None:
