@@ -512,15 +512,13 @@ def test_all_sources_failing_leaves_previous_good_data_untouched(tmp_path, tiny_
     assert {p.name: (p.read_bytes(), os.stat(p).st_mtime_ns) for p in dest.iterdir()} == before
 
 
-@pytest.mark.skipif(not all((REPO_ROOT / "data" / "raw" / n).is_file() for n in IDX_FILES),
-                    reason="needs the real MNIST files in data/raw")
-def test_stage_with_verified_data_needs_no_network(tmp_path, idx_http_server):
+def test_stage_with_verified_data_needs_no_network(tmp_path, idx_http_server, mnist_raw):
     """src/download.py with the real, verified MNIST files present: exit 0 without contacting any source
     (the only mirrors configured hang or refuse connections, the registry is off)."""
     out_dir = tmp_path / "raw"
     out_dir.mkdir()
     for name in IDX_FILES:
-        (out_dir / name).write_bytes((REPO_ROOT / "data" / "raw" / name).read_bytes())
+        (out_dir / name).write_bytes((mnist_raw / name).read_bytes())
     mtimes = {name: os.stat(out_dir / name).st_mtime_ns for name in IDX_FILES}
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["download"] = {"local_dir": None, "registry_mirror": False, "timeout_s": 5,

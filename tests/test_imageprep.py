@@ -17,8 +17,6 @@ from PIL import Image
 from digits import idx, imageprep
 from digits.imageprep import ImageError
 
-RAW = Path(__file__).resolve().parents[1] / "data" / "raw"
-
 
 def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
@@ -48,9 +46,10 @@ def bar(h: int, w: int, top: int, left: int, bh: int, bw: int, ink: float = 1.0,
 
 
 @pytest.fixture(scope="module")
-def mnist_digits() -> tuple[np.ndarray, np.ndarray]:
-    images = idx.decode((RAW / "t10k-images-idx3-ubyte").read_bytes())[:300]
-    labels = idx.decode((RAW / "t10k-labels-idx1-ubyte").read_bytes())[:300]
+def mnist_digits(mnist_raw: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The first 300 real MNIST test digits (``mnist_raw``: the repo's data/raw, else the real download code)."""
+    images = idx.decode((mnist_raw / "t10k-images-idx3-ubyte").read_bytes())[:300]
+    labels = idx.decode((mnist_raw / "t10k-labels-idx1-ubyte").read_bytes())[:300]
     return images, labels
 
 
