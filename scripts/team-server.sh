@@ -26,7 +26,8 @@ pg_bin=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || tr
 mkdir -p "$team_dir/artifacts" "$pgdata"
 if [[ $(id -u) == 0 ]]; then  # PostgreSQL refuses to run as root
     chown postgres: "$pgdata"
-    as_pg() { runuser -u postgres -- "$@"; }
+    runuser=$(PATH=$PATH:/usr/sbin:/sbin command -v runuser) || die "runuser not found (util-linux)"
+    as_pg() { "$runuser" -u postgres -- "$@"; }
     as_pg test -w "$pgdata" || die "the postgres user cannot reach $pgdata; set TEAM_PGDATA to a directory it can"
 else
     as_pg() { "$@"; }

