@@ -26,7 +26,8 @@ from digits import device, models, resume, training
 from digits.params import AugmentParams, TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
-TIMING = ("train_seconds", "train_images_per_second", "peak_rss_mb")  # wall-clock facts, not results
+TIMING = ("train_seconds", "train_images_per_second", "peak_rss_mb",  # wall-clock facts, not results
+          "inference_images_per_second", "robustness_seconds")
 
 # ------------------------------------------------------------------ fit() resumed in-process
 
@@ -286,7 +287,7 @@ def test_dvc_repro_killed_mid_training_resumes_to_the_same_metrics(tmp_path_fact
                       if k not in TIMING} for d in (baseline, project)]
     assert train_metrics[0] == train_metrics[1]
     test_metrics = [{k: v for k, v in json.loads((d / "metrics" / "evaluate.json").read_text()).items()
-                     if k != "inference_images_per_second"} for d in (baseline, project)]
+                     if k not in TIMING} for d in (baseline, project)]
     assert test_metrics[0] == test_metrics[1]
     assert checkpoints(project) == []
     statuses = [r.info.status for r in mlflow_runs(project)]
