@@ -78,9 +78,7 @@ def run(
 ) -> subprocess.CompletedProcess:
     """Run a command of the test environment in ``cwd`` without the caller's DVC_/MLFLOW_ variables (plus
     ``extra_env``); fail the test, showing its output, when it exits non-zero (unless ``check=False``)."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))} | extra_env
-    env["PATH"] = f"{BIN}{os.pathsep}{env['PATH']}"
-    proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
+    proc = subprocess.run(cmd, cwd=cwd, env=clean_env(**extra_env), capture_output=True, text=True, timeout=timeout)
     if check and proc.returncode != 0:
         pytest.fail(f"{' '.join(map(str, cmd))} exited {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
     return proc
