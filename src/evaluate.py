@@ -45,9 +45,7 @@ def main() -> None:
     dev = device.select("auto")
     device.configure(dev, seed=0, deterministic=True)  # CPU threads from what the process may use
     checkpoint_model, _ = training.load_checkpoint(model_dir / "model.pt", dev)
-    model = models.fuse_for_inference(checkpoint_model)  # BatchNorm folded into the convolutions: faster
-    if dev.type in ("cpu", "cuda"):
-        model = model.to(memory_format=torch.channels_last)
+    model = models.for_inference(checkpoint_model, dev, p.compile)
     x, y = data.to_device(test, dev)
     logits = training.predict_logits(model, x, p.batch_size).float().cpu()  # also the warm-up
     images_per_second = statistics.median(timed_passes(model, x, p.batch_size, repeats=5))

@@ -72,6 +72,24 @@ def test_fuse_for_inference_leaves_an_mlp_alone():
         assert torch.equal(models.fuse_for_inference(model)(x), model(x))
 
 
+@pytest.mark.parametrize(("arch", "compile"), [("cnn", False), ("cnn", True), ("mlp", True)])
+def test_for_inference_keeps_outputs_and_the_original(arch, compile):
+    torch.manual_seed(0)
+    kwargs = {"width": 8, "depth": 2, "head": 8, "block_dropout": 0.2} if arch == "cnn" else {"hidden": [8]}
+    model = models.build(arch, 0.1, 0.3, dropout=0.3, **kwargs)
+    model.train()
+    for _ in range(3):  # non-trivial running statistics
+        model(torch.rand(16, 1, 28, 28) * 3)
+    model.eval()
+    fast = models.for_inference(model, torch.device("cpu"), compile=compile)
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules()) == (arch == "cnn"), "original kept"
+    x = torch.rand(20, 1, 28, 28)
+    with torch.inference_mode():
+        torch.testing.assert_close(training.predict_logits(fast, x, 8), model(x), atol=1e-5, rtol=1e-4)
+        torch.testing.assert_close(training.predict_logits(fast, x, 8), model(x), atol=1e-5, rtol=1e-4)  # 2nd call
+
+
 def test_ema_fit_keeps_and_restores_the_averaged_weights():
     train, val = blobs(200, 1), blobs(50, 2)
     torch.manual_seed(0)

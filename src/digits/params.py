@@ -80,6 +80,7 @@ class TrainParams(Section):
 
 class EvaluateParams(Section):
     batch_size: Annotated[int, Field(ge=1)] = 256
+    compile: bool = True  # torch.compile the inference model (Inductor, weights frozen)
     seed: int = 0  # robustness perturbations and the sample of predictions shown
     calibration_bins: Annotated[int, Field(ge=2, le=100)] = 15
     misclassified_shown: Annotated[int, Field(ge=1, le=200)] = 36
