@@ -61,6 +61,9 @@ def configure(device: torch.device, seed: int, deterministic: bool) -> None:
     if deterministic:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True, warn_only=True)
+        # Deterministic mode also fills every new tensor with NaN (a debugging aid for reads of uninitialised
+        # memory): ~20 % of a CPU training step here, and results are the same without it.
+        torch.utils.deterministic.fill_uninitialized_memory = False
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
