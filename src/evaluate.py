@@ -19,18 +19,6 @@ FIGURES = ("confusion_matrix", "misclassified", "predictions", "reliability", "r
 PLOT_DATA = ("confusion", "per_class", "calibration", "robustness")
 
 
-def timed_passes(model: torch.nn.Module, x: torch.Tensor, batch_size: int, repeats: int) -> list[float]:
-    """Images/s of ``repeats`` full batched inference passes over ``x``."""
-    rates = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        training.predict_logits(model, x, batch_size)
-        if x.device.type == "cuda":
-            torch.cuda.synchronize()
-        rates.append(len(x) / (time.perf_counter() - start))
-    return rates
-
-
 def main() -> None:
     ap = stage.parser(__doc__)
     for name in ("model_dir", "test_file", "metrics_dir", "fig_dir"):
@@ -48,7 +36,7 @@ def main() -> None:
     model = models.for_inference(checkpoint_model, dev, p.compile)
     x, y = data.to_device(test, dev)
     logits = training.predict_logits(model, x, p.batch_size).float().cpu()  # also the warm-up
-    images_per_second = statistics.median(timed_passes(model, x, p.batch_size, repeats=5))
+    images_per_second = training.inference_rate(model, x, p.batch_size)
 
     save_load = reload.check(logits, {
         "checkpoint": training.predict_logits(checkpoint_model, x, p.batch_size).float().cpu(),

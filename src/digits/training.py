@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -92,6 +93,19 @@ def make_scheduler(p: TrainParams, opt: torch.optim.Optimizer, steps_per_epoch: 
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
     model.eval()
     return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+
+
+def inference_rate(model: nn.Module, x: torch.Tensor, batch_size: int = 256, repeats: int = 5) -> float:
+    """Images/s of batched inference over ``x``: the median of ``repeats`` timed passes after one warm-up pass."""
+    predict_logits(model, x, batch_size)
+    rates = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        predict_logits(model, x, batch_size)
+        if x.device.type == "cuda":
+            torch.cuda.synchronize()
+        rates.append(len(x) / (time.perf_counter() - start))
+    return statistics.median(rates)
 
 
 def loss_and_accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor, batch_size: int = 256):
