@@ -13,6 +13,7 @@ import torch
 import yaml
 
 from digits import data, models, params, training
+from digits.errors import UserError
 from digits.params import TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
@@ -88,6 +89,15 @@ def test_for_inference_keeps_outputs_and_the_original(arch, compile):
     with torch.inference_mode():
         torch.testing.assert_close(training.predict_logits(fast, x, 8), model(x), atol=1e-5, rtol=1e-4)
         torch.testing.assert_close(training.predict_logits(fast, x, 8), model(x), atol=1e-5, rtol=1e-4)  # 2nd call
+
+
+def test_compiled_inference_without_a_compiler_is_a_clear_error(monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.delenv("CXX", raising=False)
+    model = models.build("cnn", 0.1, 0.3, width=8, dropout=0.0)
+    with pytest.raises(UserError, match="evaluate.compile=true needs a C\\+\\+ compiler"):
+        models.for_inference(model, torch.device("cpu"), compile=True)
+    assert models.for_inference(model, torch.device("cpu"), compile=False) is not None
 
 
 def test_ema_fit_keeps_and_restores_the_averaged_weights():

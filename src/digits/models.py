@@ -7,11 +7,15 @@ model is self-contained: callers never need to know the training statistics.
 from __future__ import annotations
 
 import copy
+import os
+import shutil
 from typing import Any
 
 import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+from digits.errors import UserError
 
 
 class Standardize(nn.Module):
@@ -125,6 +129,10 @@ def for_inference(model: nn.Module, device: torch.device, compile: bool = False)
     Inductor's weight freezing (oneDNN-prepacked weights, fused Conv+ReLU); on 2 CPU cores that measured ~1.45×
     the images/s of the eager model for the default CNN, for a one-off compilation of 5–25 s (docs/benchmarks.md).
     """
+    compilers = (os.environ.get("CXX"), "g++", "clang++")
+    if compile and device.type == "cpu" and not any(shutil.which(c) for c in compilers if c):
+        raise UserError("evaluate.compile=true needs a C++ compiler on CPU (g++ or clang++, or one named by CXX): "
+                        "install one, or set evaluate.compile=false")
     model = fuse_for_inference(model).to(device)
     if device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
