@@ -11,16 +11,8 @@ from contextlib import nullcontext
 from pathlib import Path
 
 import mlflow
-import torch
 
 from digits import data, device, distributed, figures, files, models, params, resume, stage, tracking, training
-
-
-def flat(d: dict, prefix: str = "") -> dict[str, object]:
-    out = {}
-    for k, v in d.items():
-        out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-    return out
 
 
 def resume_store(data_dir: Path, p: params.TrainParams, stats: dict, dev, directory: str | None) -> resume.Store:
@@ -69,16 +61,9 @@ def main() -> None:
         if state is not None:
             resume.announce(state, store, run.info.run_id, p.epochs)
         if main_rank:
-            mlflow.log_params(
-                {
-                    **flat(p.model_dump()),
-                    "n_parameters": n_params,
-                    "device": device.describe(dev),
-                    "world_size": distributed.world_size(),
-                    "train_size": len(train_split),
-                    "val_size": len(val_split),
-                }
-            )
+            sizes = {"train_size": len(train_split), "val_size": len(val_split), "world_size": distributed.world_size()}
+            mlflow.log_params({**tracking.flat_params(p.model_dump()), "n_parameters": n_params,
+                               "device": device.describe(dev), **sizes})  # fmt: skip
 
         def on_epoch(e: training.Epoch) -> None:
             if not main_rank:
@@ -136,31 +121,12 @@ def main() -> None:
         )
         mlflow.log_artifact(str(Path(args.fig_dir) / "training_curves.png"), "figures")
 
-        example = val_xy[0][:4].cpu()
-        model.cpu().eval()
-        with torch.inference_mode():
-            signature = mlflow.models.infer_signature(example.numpy(), model(example).numpy())
-        mlflow.pytorch.log_model(
-            model,
-            name="model",
-            signature=signature,
-            input_example=example.numpy(),
-            code_paths=[str(Path(models.__file__).parent)],
-            pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
-        )
-        files.write_json(
-            model_dir / "run.json",
-            {
-                "run_id": run.info.run_id,
-                "experiment_id": run.info.experiment_id,
-                "tracking_uri": tracking.tracking_uri(),
-                "device": device.describe(dev),
-                "tags": tracking.identity(),
-                "params": p.model_dump(),
-                "data_md5": stats["raw_md5"],
-                "data_sizes": stats["sizes"],
-            },
-        )
+        tracking.log_model(model, val_xy[0][:4])
+        files.write_json(model_dir / "run.json", {
+            "run_id": run.info.run_id, "experiment_id": run.info.experiment_id, "tracking_uri": tracking.tracking_uri(),
+            "device": device.describe(dev), "tags": tracking.identity(), "params": p.model_dump(),
+            "data_md5": stats["raw_md5"], "data_sizes": stats["sizes"],
+        })  # fmt: skip
     if store:
         store.clear()  # this run is complete: nothing to resume
 

@@ -12,8 +12,11 @@ import subprocess
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import mlflow
+import torch
+from torch import nn
 
 from digits.errors import UserError
 
@@ -207,3 +210,28 @@ def resume_run(run_id: str) -> contextlib.AbstractContextManager[mlflow.ActiveRu
     active = mlflow.start_run(run_id=run_id)
     mlflow.set_tags(_owner())
     return _recorded(active)
+
+
+def flat_params(d: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested params as MLflow params with dotted keys (``augment.zoom``)."""
+    out = {}
+    for k, v in d.items():
+        out.update(flat_params(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
+    return out
+
+
+def log_model(model: nn.Module, example: torch.Tensor) -> None:
+    """Log ``model`` (moved to CPU, eval mode) as the active run's MLflow PyTorch model ``model``: signature and
+    input example from ``example``, the ``digits`` package as code, and the torch and mlflow versions pinned."""
+    example = example.cpu()
+    model.cpu().eval()
+    with torch.inference_mode():
+        signature = mlflow.models.infer_signature(example.numpy(), model(example).numpy())
+    mlflow.pytorch.log_model(
+        model,
+        name="model",
+        signature=signature,
+        input_example=example.numpy(),
+        code_paths=[str(Path(__file__).parent)],
+        pip_requirements=[f"torch=={torch.__version__.split('+')[0]}", f"mlflow=={mlflow.__version__}"],
+    )
