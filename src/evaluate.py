@@ -35,8 +35,8 @@ def main() -> None:
     checkpoint_model, _ = training.load_checkpoint(model_dir / "model.pt", dev)
     model = models.for_inference(checkpoint_model, dev, p.compile)
     x, y = data.to_device(test, dev)
-    logits = training.predict_logits(model, x, p.batch_size).float().cpu()  # also the warm-up
-    images_per_second = training.inference_rate(model, x, p.batch_size)
+    images_per_second = training.inference_rate(model, x, p.batch_size)  # its warm-up pass also compiles
+    logits = training.predict_logits(model, x, p.batch_size).float().cpu()
 
     save_load = reload.check(logits, {
         "checkpoint": training.predict_logits(checkpoint_model, x, p.batch_size).float().cpu(),
