@@ -7,12 +7,13 @@ from __future__ import annotations
 import json
 import re
 import shutil
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BIN, git_commit, mlflow_runs, run
+from helpers import BIN, clean_env, git_commit, mlflow_runs, run
 
 from digits.files import md5_file
 
@@ -51,12 +52,35 @@ def queue_idle(project: Path) -> bool:
     return not re.search(r"\b(Queued|Running)\b", status)
 
 
-def wait_for_queue(project: Path, timeout_s: float = 900) -> None:
+def start_queue(project: Path, jobs: int) -> None:
+    """`dvc queue start -j jobs`. Its workers are forked with the command's own stdout and stderr, so they are not
+    pipes here: through a captured pipe the call would not return before the last worker exits."""
+    log = project / ".dvc/tmp/queue-start.log"
+    with log.open("w") as out:
+        proc = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=project, env=clean_env(),
+                              stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=120)
+    assert proc.returncode == 0, log.read_text()
+
+
+def queue_report(project: Path) -> str:
+    """What to show when the queue does not finish: its status, each task's log and the workers' logs."""
+    status = run(["dvc", "queue", "status"], project, check=False).stdout
+    parts = [status]
+    for task in re.findall(r"^([0-9a-f]{7})\s", status, flags=re.MULTILINE):
+        logs = run(["dvc", "queue", "logs", task], project, check=False)
+        parts.append(f"--- dvc queue logs {task}\n{logs.stdout[-3000:]}{logs.stderr[-1000:]}")
+    for worker_log in sorted((project / ".dvc/tmp/exps/celery").glob("*.out")):
+        parts.append(f"--- {worker_log.name}\n" + worker_log.read_text(errors="replace")[-3000:])
+    return "\n".join(parts)
+
+
+def wait_for_queue(project: Path, timeout_s: float = 1200) -> None:
     deadline = time.monotonic() + timeout_s
     while not queue_idle(project):
         if time.monotonic() > deadline:
-            pytest.fail("queued experiments still running after 15 min:\n"
-                        + run(["dvc", "queue", "status"], project).stdout)
+            report = queue_report(project)
+            run(["dvc", "queue", "stop", "--kill"], project, check=False)  # no workers left behind
+            pytest.fail(f"queued experiments not done after {timeout_s:.0f} s:\n{report}")
         time.sleep(3)
 
 
@@ -92,7 +116,7 @@ def test_queued_experiments_run_two_at_a_time_into_the_same_store(baseline: Path
     before = len(mlflow_runs(baseline))
     for lr in ("0.01", "0.003"):
         run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}"], baseline)
-    run(["dvc", "queue", "start", "-j", "2"], baseline)
+    start_queue(baseline, jobs=2)
     wait_for_queue(baseline)
     status = run(["dvc", "queue", "status"], baseline).stdout
     assert "Failed" not in status, status
