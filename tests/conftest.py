@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import gzip
 import http.server
-import shutil
-import subprocess
 import threading
 import time
 from dataclasses import dataclass
@@ -13,8 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-import yaml
-from helpers import REPO, git_commit, make_idx_bytes, make_idx_dataset, run
+from helpers import REPO, git_project, make_idx_bytes, make_idx_dataset, small_data
 
 from digits import download
 
@@ -156,21 +153,5 @@ def mnist_raw(tmp_path_factory) -> Path:
 def project(tmp_path_factory, mnist_raw) -> Path:
     """A git repository holding the current working tree (tracked + untracked, not ignored), small-data params,
     one commit; each test module gets its own."""
-    dest = tmp_path_factory.mktemp("clone") / "digits"
-    listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=REPO,
-                            capture_output=True, text=True, check=True).stdout.split("\0")
-    for rel in filter(None, listed):
-        src = REPO / rel
-        if src.is_file():
-            (dest / rel).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(src, dest / rel)
-    for stale in ("dvc.lock", "reports/report.md", "reports/report.html"):  # start afresh, as a new pipeline would
-        (dest / stale).unlink(missing_ok=True)
-    params = yaml.safe_load((dest / "params.yaml").read_text())
-    params["download"].update(local_dir=str(mnist_raw), mirrors=[], registry_mirror=False)
-    params["preprocess"].update(train_limit=3000, test_limit=1000)
-    params["train"].update(width=8, epochs=1, batch_size=128)
-    (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    run(["git", "init", "-q", "-b", "main"], dest)
-    git_commit(dest, "small-data pipeline")
-    return dest
+    return git_project(tmp_path_factory.mktemp("clone") / "digits", REPO,
+                       small_data(mnist_raw, 3000, 1000, width=8, epochs=1, batch_size=128))

@@ -91,28 +91,47 @@ def git_commit(repo: Path, message: str) -> str:
     return run(["git", "rev-parse", "HEAD"], repo).stdout.strip()
 
 
+def store_uri(project: Path) -> str:
+    """The tracking URI of a project's embedded MLflow store."""
+    return f"sqlite:///{project / 'mlflow.db'}"
+
+
 def mlflow_runs(project: Path) -> list:
     """The runs of the project's ``digits`` experiment in its own ``mlflow.db``, oldest first."""
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(project))
     exp = client.get_experiment_by_name("digits")
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"])
 def git_project(dest: Path, repo: Path, change_params: Callable[[dict], None]) -> Path:
-    """A git repository at ``dest`` holding ``repo``'s working tree (tracked + untracked, not ignored), without
-    dvc.lock, with ``change_params`` applied to its params.yaml: the real pipeline, ready for ``dvc``."""
+    """A git repository (branch ``main``, one commit) at ``dest`` holding ``repo``'s working tree (tracked +
+    untracked, not ignored) without dvc.lock and the rendered report, with ``change_params`` applied to its
+    params.yaml: the real pipeline, ready for ``dvc``, as a new checkout would start."""
     listed = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=repo,
                             capture_output=True, text=True, check=True).stdout.split("\0")
     for rel in filter(None, listed):
         if (repo / rel).is_file():
             (dest / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(repo / rel, dest / rel)
-    (dest / "dvc.lock").unlink(missing_ok=True)
+    for stale in ("dvc.lock", "reports/report.md", "reports/report.html"):
+        (dest / stale).unlink(missing_ok=True)
     params = yaml.safe_load((dest / "params.yaml").read_text())
     change_params(params)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"],
+    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
                 ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "test project"]):
         subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
     return dest
+
+
+def small_data(raw: Path, train_limit: int, test_limit: int, **train: object) -> Callable[[dict], None]:
+    """A ``change_params`` for ``git_project``: the download stage takes the MNIST files from ``raw`` (the
+    ``mnist_raw`` fixture), ``train_limit``/``test_limit`` images, ``train`` params overridden."""
+
+    def change(params: dict) -> None:
+        params["download"].update(local_dir=str(raw), mirrors=[], registry_mirror=False)
+        params["preprocess"].update(train_limit=train_limit, test_limit=test_limit)
+        params["train"].update(train)
+
+    return change
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -20,11 +20,11 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+from helpers import REPO, clean_env, git_project, run, small_data, store_uri
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from PIL import Image
-from small_pipeline import clean_env, make_project, run
 
 from digits import data, predict, registry, training
 
@@ -34,7 +34,7 @@ NAME = "digits-mnist"
 
 @pytest.fixture(scope="module")
 def project(tmp_path_factory, mnist_raw) -> Path:
-    dest = make_project(tmp_path_factory.mktemp("serving") / "digits", mnist_raw)
+    dest = git_project(tmp_path_factory.mktemp("serving") / "digits", REPO, small_data(mnist_raw, 5000, 1000, epochs=2))
     out = run(["dvc", "repro", "register"], dest).stdout
     assert "Running stage 'register'" in out and f"{NAME} v1" in out and "→ champion" in out
     return dest
@@ -42,7 +42,7 @@ def project(tmp_path_factory, mnist_raw) -> Path:
 
 @pytest.fixture(scope="module")
 def client(project) -> mlflow.MlflowClient:
-    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    return mlflow.MlflowClient(tracking_uri=store_uri(project))
 
 
 @pytest.fixture(scope="module")
@@ -75,7 +75,7 @@ def test_register_stage_tags_the_version_and_writes_the_decision(project, client
 
 def test_champion_loads_through_pyfunc_and_matches_the_checkpoint_and_evaluate(project, test_set, monkeypatch):
     images, _, predicted = test_set
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{project / 'mlflow.db'}")
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri(project))
     model = mlflow.pyfunc.load_model(f"models:/{NAME}@champion")
     frame = model.predict(images)
     network, _ = training.load_checkpoint(project / "models" / "model.pt")
@@ -109,8 +109,7 @@ def server(project, tmp_path_factory):
     """`mlflow models serve` (the README's command) on a free loopback port; its process group is killed after."""
     port = free_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
-    env = clean_env(project)
-    env.pop("PYTHONPATH")  # the model must bring its own code (code_paths)
+    env = clean_env(MLFLOW_TRACKING_URI=store_uri(project))  # no PYTHONPATH: the model brings its own code
     cmd = ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]  # fmt: skip
     with open(log, "wb") as out:
@@ -259,8 +258,7 @@ def variants(image: np.ndarray, k: int) -> list[tuple[str, Image.Image]]:
 
 
 def predict_cli(project: Path, args: list[str]) -> subprocess.CompletedProcess:
-    env = clean_env(project)
-    env["PYTHONPATH"] = str(project / "src")
+    env = clean_env(MLFLOW_TRACKING_URI=store_uri(project), PYTHONPATH=str(project / "src"))
     cmd = [sys.executable, "-m", "digits.predict", *args]
     return subprocess.run(cmd, cwd=project, env=env, capture_output=True, text=True, timeout=600)
 
