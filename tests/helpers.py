@@ -116,9 +116,8 @@ def git_project(dest: Path, repo: Path, change_params: Callable[[dict], None]) -
     params = yaml.safe_load((dest / "params.yaml").read_text())
     change_params(params)
     (dest / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
-    for cmd in (["git", "init", "-q", "-b", "main"], ["git", "add", "-A"],
-                ["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "test project"]):
-        subprocess.run(cmd, cwd=dest, check=True, capture_output=True)
+    run(["git", "init", "-q", "-b", "main"], dest)
+    git_commit(dest, "test project")
     return dest
 
 

@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from helpers import run
+from helpers import run, store_uri
 
 from digits import distributed
 
@@ -91,7 +91,7 @@ def ddp_project(project: Path) -> Path:  # noqa: F811 - the fixture imported abo
 
 
 def runs(root: Path) -> list:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(root))
     exp = client.get_experiment_by_name("digits")
     return client.search_runs([exp.experiment_id], order_by=["attributes.start_time ASC"]) if exp else []
 

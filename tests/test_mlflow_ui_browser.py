@@ -15,7 +15,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from helpers import BIN, REPO, closed_port
+from helpers import BIN, REPO, closed_port, store_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 # root in a container needs --no-sandbox; the rest keeps Chromium off the network (Playwright gives it a fresh profile)
@@ -35,7 +35,7 @@ def chromium() -> str:
 @pytest.fixture
 def store(tmp_path) -> tuple[str, dict[str, str]]:
     """A sqlite MLflow store holding two finished runs of the `digits` experiment; (experiment id, name -> run id)."""
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(tmp_path))
     exp = client.create_experiment("digits", artifact_location=(tmp_path / "mlartifacts").as_uri())
     ids = {}
     for name, (lr, accuracy) in RUNS.items():
@@ -51,7 +51,7 @@ def store(tmp_path) -> tuple[str, dict[str, str]]:
 def ui(tmp_path, store) -> Iterator[str]:
     """The UI on the test store, started by the README's command, on a free 127.0.0.1 port; its base URL."""
     port = closed_port()
-    env = {**os.environ, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}", "PORT": str(port)}
+    env = {**os.environ, "MLFLOW_TRACKING_URI": store_uri(tmp_path), "PORT": str(port)}
     if (REPO / ".venv/bin/mlflow").exists():  # set up by `bash scripts/dev.sh test`, as in CI
         cmd = ["bash", str(REPO / "scripts/dev.sh"), "ui"]
     else:  # a shared environment (this project's helper setup): the same command line dev.sh runs

@@ -11,7 +11,7 @@ import pytest
 import torch
 import yaml
 from helpers import mlflow_runs as runs
-from helpers import run
+from helpers import run, store_uri
 
 pytestmark = pytest.mark.e2e
 PLOT_TITLES = ("Loss", "Accuracy", "Learning rate", "Per-class F1 (test)", "Confusion matrix (test)",
@@ -49,7 +49,7 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
     assert r.data.tags["data_md5.t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
     expected_device = "cuda" if torch.cuda.is_available() else "cpu"
     assert r.data.params["device"].startswith(expected_device) and r.data.tags["device"] == r.data.params["device"]
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{project / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(project))
     history = client.get_metric_history(r.info.run_id, "val_accuracy")
     assert [m.step for m in history] == [1]
     [logged] = [m for m in client.search_logged_models(experiment_ids=[r.info.experiment_id]) if m.name == "model"]

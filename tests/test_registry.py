@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlflow
 import pytest
+from helpers import store_uri
 
 from digits import registry
 from digits.errors import UserError
@@ -30,7 +31,7 @@ def store(tmp_path_factory):
     """One store for the module (creating its tables takes seconds); each test uses its own model name.
     Yields the URI of a model directory to register."""
     tmp = tmp_path_factory.mktemp("registry")
-    uri = f"sqlite:///{tmp / 'mlflow.db'}"
+    uri = store_uri(tmp)
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("MLFLOW_TRACKING_URI", uri)
         mlflow.set_tracking_uri(uri)

@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import pytest
 import torch
-from helpers import clean_env, git_project, make_idx_dataset
+from helpers import clean_env, git_project, make_idx_dataset, store_uri
 from test_models_and_training import squares
 from test_stages import stage, write_params
 
@@ -131,9 +131,7 @@ def train_cmd(root: Path, out: Path, params: Path) -> list[str]:
 
 
 def train_env(out: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{out / 'mlflow.db'}"
-    return env
+    return clean_env(MLFLOW_TRACKING_URI=store_uri(out))
 
 
 def train(root: Path, out: Path, params: Path | None = None) -> subprocess.CompletedProcess:
@@ -171,12 +169,12 @@ def results(out: Path) -> dict[str, Any]:
 
 
 def mlflow_runs(out: Path) -> list[mlflow.entities.Run]:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(out))
     return client.search_runs([e.experiment_id for e in client.search_experiments()])
 
 
 def val_accuracy_steps(out: Path, run_id: str) -> list[int]:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(out))
     return sorted(m.step for m in client.get_metric_history(run_id, "val_accuracy"))
 
 

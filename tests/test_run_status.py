@@ -3,7 +3,6 @@ fresh sqlite store. No run may be left RUNNING, and no process may fail on the s
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -13,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from helpers import clean_env, store_uri
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -41,10 +41,7 @@ SCRIPT = textwrap.dedent(
 
 
 def env_for(tmp: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
-    env["PYTHONPATH"] = str(REPO / "src")
-    return env
+    return clean_env(MLFLOW_TRACKING_URI=store_uri(tmp), PYTHONPATH=str(REPO / "src"))
 
 
 def start(tmp: Path, action: str) -> subprocess.Popen:
@@ -53,11 +50,11 @@ def start(tmp: Path, action: str) -> subprocess.Popen:
 
 
 def status(tmp: Path, run_id: str) -> str:
-    return mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}").get_run(run_id).info.status
+    return mlflow.MlflowClient(tracking_uri=store_uri(tmp)).get_run(run_id).info.status
 
 
 def all_statuses(tmp: Path) -> list[str]:
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(tmp))
     return [r.info.status for r in client.search_runs([e.experiment_id for e in client.search_experiments()])]
 
 

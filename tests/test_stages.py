@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +12,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from helpers import make_idx_dataset
+from helpers import clean_env, make_idx_dataset, store_uri
 
 REPO = Path(__file__).resolve().parents[1]
 BASE_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -35,8 +34,7 @@ def write_params(path: Path, **sections) -> Path:
 
 
 def stage(script: str, *args, params: Path, tmp: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
-    env["MLFLOW_TRACKING_URI"] = f"sqlite:///{tmp / 'mlflow.db'}"
+    env = clean_env(MLFLOW_TRACKING_URI=store_uri(tmp))
     return subprocess.run([sys.executable, str(REPO / "src" / script), *map(str, args), "--params", str(params)],
                           cwd=tmp, env=env, capture_output=True, text=True, timeout=300)
 
@@ -54,7 +52,7 @@ def processed(tmp_path: Path) -> Path:
 def run_count(tmp: Path) -> int:
     if not (tmp / "mlflow.db").exists():
         return 0
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(tmp))
     return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
 
 
@@ -107,7 +105,7 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     assert "99.77%" in text and "LeCun" in text
     assert page.count('<img alt="') == 8 and page.count('src="data:image/png;base64,') == 8  # self-contained
     assert run_count(tmp_path) == 1  # train, evaluate and report share one MLflow run
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(tmp_path))
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
     assert run.data.metrics["test_top2_accuracy"] == evaluation["test_top2_accuracy"]
     assert run.data.metrics["test_ece"] == pytest.approx(evaluation["test_ece"])
@@ -192,7 +190,7 @@ def test_preprocess_refuses_an_empty_validation_split(tmp_path: Path):
 
 
 def test_evaluate_rejects_a_missing_checkpoint(tmp_path: Path, processed: Path):
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = mlflow.MlflowClient(tracking_uri=store_uri(tmp_path))
     run = client.create_run(client.create_experiment("digits"))
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))

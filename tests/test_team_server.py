@@ -18,7 +18,7 @@ from pathlib import Path
 import mlflow
 import numpy as np
 import pytest
-from helpers import BIN, REPO, run
+from helpers import BIN, REPO, run, store_uri
 
 from digits import tracking
 from digits.errors import UserError
@@ -52,7 +52,7 @@ def test_require_server_times_out_on_a_server_that_never_answers():
 
 
 def test_local_stores_need_no_server(tmp_path: Path):
-    tracking.require_server(f"sqlite:///{tmp_path / 'mlflow.db'}")  # no exception, no network
+    tracking.require_server(store_uri(tmp_path))  # no exception, no network
 
 
 def test_train_stage_exits_with_one_line_naming_the_unreachable_uri(tmp_path: Path):

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlflow
 import pytest
 import torch
+from helpers import store_uri
 
 from digits import models, tracking
 
@@ -18,7 +19,7 @@ def test_flat_params_uses_dotted_keys() -> None:
 
 def test_log_model_round_trips_with_signature(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)
-    mlflow.set_tracking_uri(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    mlflow.set_tracking_uri(store_uri(tmp_path))
     try:
         torch.manual_seed(0)
         model = models.build("cnn", 0.1, 0.3, width=8, dropout=0.0).eval()
