@@ -161,7 +161,7 @@ def test_unknown_nested_key(tmp_path: Path, base: dict[str, Any]) -> None:
     line = next(line for line in msg.splitlines() if "train.augment.rotate" in line)
     # the allowed keys are those of the augment section, not of train
     allowed = {k.strip() for k in line.split("Allowed keys here:")[1].split(",")}
-    assert allowed == {"rotation_deg", "zoom", "shift", "elastic_px", "elastic_scale", "interpolation"}
+    assert allowed == {"rotation_deg", "zoom", "shift", "elastic_px", "elastic_scale", "interpolation", "off_last_epochs"}
 
 
 def test_missing_section(tmp_path: Path, base: dict[str, Any]) -> None:

@@ -41,6 +41,7 @@ class AugmentParams(Section):
     elastic_px: Annotated[float, Field(ge=0, le=10)] = 0.0
     elastic_scale: Annotated[float, Field(ge=1, le=28)] = 4.0
     interpolation: Literal["bilinear", "nearest"] = "bilinear"
+    off_last_epochs: Annotated[int, Field(ge=0)] = 0  # the last N epochs train on un-augmented images
 
 
 class TrainParams(Section):
@@ -199,3 +200,35 @@ def load(path: str | Path = "params.yaml") -> Params:
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
     return validate(raw, str(path))
+
+
+def zoo_model(name: str, path: str | Path = "params.yaml") -> TrainParams:
+    """The train params of ``train.zoo`` model ``name`` in params.yaml (``dvc exp run -S train.model=name``)."""
+    try:
+        raw = yaml.safe_load(Path(path).read_text())
+    except FileNotFoundError:
+        raise ParamsError(f"{path}: file not found (run from the repository root)") from None
+    if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict):
+        raise ParamsError(f"{path}: no 'train' section")
+    return validate({**raw, "train": {**raw["train"], "model": name}}, str(path)).train
+
+
+def override(p: TrainParams, items: list[str]) -> TrainParams:
+    """``p`` with ``KEY=VALUE`` overrides (``augment.zoom=0`` for nested keys; values parsed as YAML), validated."""
+    train = p.model_dump()
+    for item in items:
+        key, sep, value = item.partition("=")
+        *parents, leaf = key.split(".")
+        node = train
+        for part in parents:
+            node = node.get(part)
+            if not isinstance(node, dict):
+                raise ParamsError(f"override {item!r}: 'train.{key}' is not a train param")
+        if not sep or leaf not in node:
+            raise ParamsError(f"override {item!r}: expected KEY=VALUE with KEY a train param, e.g. lr=0.01")
+        node[leaf] = yaml.safe_load(value)
+    try:
+        return TrainParams.model_validate(train)
+    except ValidationError as exc:
+        problems = [_describe(e, TrainParams, ("train",)) for e in exc.errors()]
+        raise ParamsError("invalid override:\n  - " + "\n  - ".join(problems)) from None

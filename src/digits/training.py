@@ -54,16 +54,24 @@ class EMA:
         self.module = copy.deepcopy(model)
         self.decay = decay
         self.updates = 0
+        self._source: nn.Module | None = None
+        self._floats: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])
+        self._counters: tuple[list[torch.Tensor], list[torch.Tensor]] = ([], [])  # BatchNorm's num_batches_tracked
 
     @torch.no_grad()
     def update(self, model: nn.Module) -> None:
         self.updates += 1
         d = min(self.decay, (1 + self.updates) / (10 + self.updates))
-        for avg, cur in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
-            if avg.dtype.is_floating_point:
-                avg.lerp_(cur, 1 - d)
-            else:
-                avg.copy_(cur)  # e.g. BatchNorm's num_batches_tracked
+        if self._source is not model:  # pair the tensors once: state_dict() every step costs more than the update
+            self._source = model
+            self._floats, self._counters = ([], []), ([], [])
+            for avg, cur in zip(self.module.state_dict().values(), model.state_dict().values(), strict=True):
+                kind = self._floats if avg.dtype.is_floating_point else self._counters
+                kind[0].append(avg)
+                kind[1].append(cur)
+        torch._foreach_lerp_(*self._floats, 1 - d)  # one fused kernel on CUDA instead of one per tensor
+        if self._counters[0]:
+            torch._foreach_copy_(*self._counters)
 
 
 def make_optimizer(p: TrainParams, model: nn.Module) -> torch.optim.Optimizer:
@@ -87,6 +95,28 @@ def make_scheduler(p: TrainParams, opt: torch.optim.Optimizer, steps_per_epoch: 
     if p.scheduler == "plateau":
         return torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=p.gamma, patience=p.plateau_patience), False
     return None, False
+
+
+def mixed_precision(p: TrainParams, device: torch.device) -> torch.autocast:
+    """bf16 autocast on CUDA when ``p.amp``; a disabled context elsewhere (CPU and MPS train in float32)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.amp and device.type == "cuda")
+
+
+def train_step(
+    model: nn.Module, xb: torch.Tensor, yb: torch.Tensor, opt: torch.optim.Optimizer, label_smoothing: float,
+    autocast: torch.autocast,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimisation step on a batch: forward and loss under ``autocast``, backward, optimizer step.
+
+    Returns (logits, loss), still on the device: reading them is the caller's choice (it would synchronise).
+    """
+    with autocast:
+        logits = model(xb)
+        loss = F.cross_entropy(logits, yb, label_smoothing=label_smoothing)
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    opt.step()
+    return logits, loss
 
 
 @torch.inference_mode()
@@ -149,7 +179,7 @@ def fit(
     kept = ema.module if ema is not None else model  # the weights that are evaluated and checkpointed
     step_model = distributed.wrap(model)  # distributed: DDP all-reduces the gradients
     step_model = torch.compile(step_model) if p.compile else step_model
-    autocast = torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=p.amp and x.device.type == "cuda")
+    autocast = mixed_precision(p, x.device)
     aug = p.augment
     history: list[Epoch] = []
     best_epoch, best_key, best_state, stopped_early = 0, (-1.0, 0.0), {}, False
@@ -163,15 +193,12 @@ def fit(
         lr = opt.param_groups[0]["lr"]
         bar = tqdm(distributed.batches(x, y, p.batch_size, gen), total=steps, desc=f"epoch {epoch}/{p.epochs}",
                    leave=False, disable=not (sys.stderr.isatty() and distributed.is_main()))  # fmt: skip
+        augmenting = epoch <= p.epochs - aug.off_last_epochs
         for xb, yb in bar:
-            xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, aug_gen, aug.elastic_px, aug.elastic_scale,
-                              aug.interpolation)  # fmt: skip
-            with autocast:
-                logits = step_model(xb)
-                loss = F.cross_entropy(logits, yb, label_smoothing=p.label_smoothing)
-            opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            if augmenting:
+                xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, aug_gen, aug.elastic_px,
+                                  aug.elastic_scale, aug.interpolation)  # fmt: skip
+            logits, loss = train_step(step_model, xb, yb, opt, p.label_smoothing, autocast)
             if ema is not None:
                 ema.update(model)
             if per_batch:
