@@ -36,7 +36,7 @@ RAW = Path("data/raw")
 
 
 def ours_data(p: params.TrainParams, dev: torch.device):
-    """The training set read from disk; returns (seconds to move it to ``dev``, epoch -> batches)."""
+    """The training set read from disk; returns (seconds to move it to ``dev``, epoch -> batches, images)."""
     split = data.read_idx_pair(RAW / "train-images-idx3-ubyte", RAW / "train-labels-idx1-ubyte")
     start = time.perf_counter()
     x, y = data.to_device(split, dev)
@@ -52,12 +52,12 @@ def ours_data(p: params.TrainParams, dev: torch.device):
                                   a.interpolation)  # fmt: skip
             yield xb, yb
 
-    return move_seconds, epoch_batches
+    return move_seconds, epoch_batches, len(y)
 
 
 def naive_data(p: params.TrainParams, root: Path, dev: torch.device):
     """torchvision's MNIST with per-sample transforms, as PyTorch's MNIST example loads it (one worker and pinned
-    memory on CUDA); returns (epoch -> batches on ``dev``, test loader)."""
+    memory on CUDA); returns (epoch -> batches on ``dev``, images, test loader)."""
     from torchvision import datasets, transforms
 
     (root / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
@@ -76,7 +76,7 @@ def naive_data(p: params.TrainParams, root: Path, dev: torch.device):
         train.transform = augmented if epoch <= p.epochs - a.off_last_epochs else plain
         return ((xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)) for xb, yb in loader)
 
-    return epoch_batches, torch.utils.data.DataLoader(test, batch_size=1000, **cuda)
+    return epoch_batches, len(train), torch.utils.data.DataLoader(test, batch_size=1000, **cuda)
 
 
 def synchronize(dev: torch.device) -> None:
@@ -107,12 +107,12 @@ def worker(path: str, p: params.TrainParams, infer_batch: int) -> dict:
                              p, dev)  # fmt: skip
     with tempfile.TemporaryDirectory() as tmp:
         if path == "ours":
-            trained, epoch_batches = ours_data(p, dev)  # moving the data to the device counts as training time
+            trained, epoch_batches, n = ours_data(p, dev)  # moving the data to the device counts as training
             test_loader = None
         else:
-            trained, (epoch_batches, test_loader) = 0.0, naive_data(p, Path(tmp), dev)
+            trained, (epoch_batches, n, test_loader) = 0.0, naive_data(p, Path(tmp), dev)
         opt = training.make_optimizer(p, model)
-        sched, per_batch = training.make_scheduler(p, opt, -(-60000 // p.batch_size))
+        sched, per_batch = training.make_scheduler(p, opt, -(-n // p.batch_size))
         ema = training.EMA(model, p.ema_decay) if p.ema_decay else None
         kept = ema.module if ema else model
         autocast = training.mixed_precision(p, dev)

@@ -161,7 +161,8 @@ def test_unknown_nested_key(tmp_path: Path, base: dict[str, Any]) -> None:
     line = next(line for line in msg.splitlines() if "train.augment.rotate" in line)
     # the allowed keys are those of the augment section, not of train
     allowed = {k.strip() for k in line.split("Allowed keys here:")[1].split(",")}
-    assert allowed == {"rotation_deg", "zoom", "shift", "elastic_px", "elastic_scale", "interpolation", "off_last_epochs"}
+    assert allowed == {"rotation_deg", "zoom", "shift", "elastic_px", "elastic_scale", "interpolation",
+                       "off_last_epochs"}
 
 
 def test_missing_section(tmp_path: Path, base: dict[str, Any]) -> None:
@@ -245,3 +246,35 @@ def test_dvc_exp_run_with_a_bad_value_fails_before_any_work(dvc_project: Path, s
     assert message in output, output
     assert "Traceback" not in output
     assert not (dvc_project / "data" / "raw").exists() and not (dvc_project / "mlflow.db").exists()
+
+
+def test_zoo_model_and_overrides() -> None:
+    p = params.zoo_model("digits_cnn_fast", REPO_PARAMS)
+    assert p.model == "digits_cnn_fast" and p.width == 8
+    q = params.override(p, ["lr=0.02", "augment.off_last_epochs=2", "hidden=[64, 32]", "amp=false"])
+    assert (q.lr, q.augment.off_last_epochs, q.hidden, q.amp) == (0.02, 2, [64, 32], False)
+    assert q.width == p.width and p.lr != 0.02  # the rest kept, the original untouched
+
+
+@pytest.mark.parametrize(
+    ("item", "message"),
+    [
+        ("lrr=0.1", "override 'lrr=0.1': expected KEY=VALUE with KEY a train param"),
+        ("lr", "override 'lr': expected KEY=VALUE"),
+        ("augment.rotate=5", "override 'augment.rotate=5': expected KEY=VALUE with KEY a train param"),
+        ("epochs.max=3", "override 'epochs.max=3': 'train.epochs.max' is not a train param"),
+        ("lr=-1", "'train.lr' = -1: Input should be greater than 0"),
+        ("augment.off_last_epochs=-1", "'train.augment.off_last_epochs' = -1"),
+    ],
+)
+def test_bad_overrides_are_clear_errors(item: str, message: str) -> None:
+    with pytest.raises(ParamsError) as err:
+        params.override(params.zoo_model("digits_cnn", REPO_PARAMS), [item])
+    assert message in str(err.value)
+
+
+def test_zoo_model_unknown_name_and_missing_file(tmp_path: Path) -> None:
+    with pytest.raises(ParamsError, match="'train.model' = 'nope' is not in train.zoo"):
+        params.zoo_model("nope", REPO_PARAMS)
+    with pytest.raises(ParamsError, match="file not found"):
+        params.zoo_model("digits_cnn", tmp_path / "params.yaml")

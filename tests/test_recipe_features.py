@@ -221,3 +221,44 @@ def test_ema_short_run_is_useful():
     model = models.build("cnn", 0.2, 0.3, width=4, dropout=0.0)
     result = training.fit(model, train, val, tp(epochs=1, ema_decay=0.999, lr=0.02))
     assert result.best.val_accuracy > 0.5
+
+
+def test_off_last_epochs_trains_those_epochs_on_clean_images():
+    train, val = blobs(200, 1), blobs(50, 2)
+    aug = {"rotation_deg": 30, "zoom": 0.2, "shift": 0.2}
+
+    def fit(**overrides):
+        torch.manual_seed(0)
+        model = models.build("cnn", 0.2, 0.3, width=4, dropout=0.0)
+        return model, training.fit(model, train, val, tp(epochs=2, **overrides))
+
+    clean, _ = fit()
+    all_off, _ = fit(augment={**aug, "off_last_epochs": 2})  # every epoch clean: the unaugmented run exactly
+    pairs = zip(clean.state_dict().values(), all_off.state_dict().values(), strict=True)
+    assert all(torch.equal(a, b) for a, b in pairs)
+    _, augmented = fit(augment=aug)
+    _, last_off = fit(augment={**aug, "off_last_epochs": 1})
+    assert last_off.history[0].train_loss == augmented.history[0].train_loss  # epoch 1 augmented in both
+    assert last_off.history[1].train_loss != augmented.history[1].train_loss
+
+
+def test_ema_update_matches_the_per_tensor_formula_and_survives_a_state_load():
+    torch.manual_seed(0)
+    model = models.build("cnn", 0.2, 0.3, width=4, dropout=0.0)  # BatchNorm: float buffers and integer counters
+    ema = training.EMA(model, decay=0.9)
+    expected = copy.deepcopy(ema.module.state_dict())
+    for step in range(1, 4):
+        model.train()
+        model(torch.rand(8, 1, 28, 28))  # moves the BatchNorm statistics and counters
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(torch.randn_like(p))
+        if step == 2:  # a resumed run loads saved states into the live objects
+            ema.module.load_state_dict(expected)
+            model.load_state_dict(model.state_dict())
+        ema.update(model)
+        d = min(0.9, (1 + step) / (10 + step))
+        for k, cur in model.state_dict().items():
+            expected[k] = expected[k] + (cur - expected[k]) * (1 - d) if cur.is_floating_point() else cur.clone()
+        for k, avg in ema.module.state_dict().items():
+            torch.testing.assert_close(avg, expected[k], rtol=1e-6, atol=1e-6)

@@ -1,0 +1,76 @@
+"""The benchmark scripts run end to end on tiny data: the multi-seed recipe comparison (with resume) and the
+data-path benchmark (ours vs. the per-sample torchvision path)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import REPO, clean_env, make_idx_dataset
+
+from digits import data, files
+
+TINY = ["--set=device=cpu", "--set=epochs=1", "--set=width=4", "--set=head=8", "--set=batch_size=32",
+        "--set=ema_decay=null", "--set=augment.rotation_deg=5"]  # fmt: skip
+
+
+def script(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=cwd, env=clean_env(),
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
+    if check and proc.returncode != 0:
+        pytest.fail(f"{name} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
+    return proc
+
+
+@pytest.fixture
+def processed(tmp_path: Path) -> Path:
+    """data/processed as the preprocess stage writes it, with 200/60/60 random images, and params.yaml."""
+    g = torch.Generator().manual_seed(0)
+    out = tmp_path / "data" / "processed"
+    for name, n in (("train", 200), ("val", 60), ("test", 60)):
+        images = torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g)
+        data.save_split(out / f"{name}.pt", data.Split(images, torch.arange(n) % 10))
+    files.write_json(out / "stats.json", {"mean": 0.5, "std": 0.29})
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    return tmp_path
+
+
+def test_recipe_comparison_records_each_run_resumes_and_refuses_changed_recipes(processed: Path) -> None:
+    out = processed / "runs.jsonl"
+    args = [*TINY, "--seeds=1,2", "--jobs=2", f"--out={out}", "--recipe", "a", "--recipe", "b", "lr=0.01"]
+    first = script("recipes.py", *args, cwd=processed)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted((r["recipe"], r["seed"]) for r in rows) == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    assert {r["params"]["lr"] for r in rows if r["recipe"] == "b"} == {0.01}
+    assert all(0 <= r["val_accuracy"] <= 1 and r["best_epoch"] >= 1 for r in rows)
+    assert "| a | 2 |" in first.stdout and "| b | 2 |" in first.stdout
+
+    again = script("recipes.py", *args, cwd=processed)
+    assert "0 runs to do (4 already in" in again.stdout and len(out.read_text().splitlines()) == 4
+
+    changed = script("recipes.py", *TINY, "--seeds=1", f"--out={out}", "--recipe", "a", "lr=0.02", cwd=processed,
+                     check=False)  # fmt: skip
+    assert changed.returncode != 0 and "recipe 'a' was run with other params" in changed.stderr
+
+    repeat = processed / "repeat.jsonl"  # the same seed again: the same run, figure for figure
+    script("recipes.py", *TINY, "--seeds=1", f"--out={repeat}", "--recipe", "a", cwd=processed)
+    (again_a1,) = [json.loads(line) for line in repeat.read_text().splitlines()]
+    (a1,) = [r for r in rows if (r["recipe"], r["seed"]) == ("a", 1)]
+    assert {k: again_a1[k] for k in ("val_accuracy", "val_loss", "test_accuracy")} == {
+        k: a1[k] for k in ("val_accuracy", "val_loss", "test_accuracy")}  # fmt: skip
+
+
+def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:
+    make_idx_dataset(tmp_path / "data" / "raw", n_train=256, n_test=64)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    proc = script("data_paths.py", "--model=digits_cnn_fast", *TINY, cwd=tmp_path)
+    table = proc.stdout
+    assert "cpu (" in table and "| metric | ours | naive | naive/ours |" in table
+    for metric in ("final_accuracy", "seconds_to_99.5", "train_images_per_second", "inference_images_per_second"):
+        assert f"| {metric} |" in table
+    assert "ours test accuracy per epoch: [" in table and "naive test accuracy per epoch: [" in table
