@@ -43,14 +43,9 @@ def ours_data(p: params.TrainParams, dev: torch.device):
     synchronize(dev)
     move_seconds = time.perf_counter() - start
     gen = torch.Generator(device=dev).manual_seed(p.seed)
-    a = p.augment
 
     def epoch_batches(epoch: int):
-        for xb, yb in data.batches(x, y, p.batch_size, gen):
-            if epoch <= p.epochs - a.off_last_epochs:
-                xb = data.augment(xb, a.rotation_deg, a.zoom, a.shift, gen, a.elastic_px, a.elastic_scale,
-                                  a.interpolation)  # fmt: skip
-            yield xb, yb
+        return ((training.augment_batch(xb, p, epoch, gen), yb) for xb, yb in data.batches(x, y, p.batch_size, gen))
 
     return move_seconds, epoch_batches, len(y)
 
@@ -73,7 +68,7 @@ def naive_data(p: params.TrainParams, root: Path, dev: torch.device):
     loader = torch.utils.data.DataLoader(train, batch_size=p.batch_size, shuffle=True, **cuda)
 
     def epoch_batches(epoch: int):
-        train.transform = augmented if epoch <= p.epochs - a.off_last_epochs else plain
+        train.transform = augmented if training.augments(p, epoch) else plain
         return ((xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)) for xb, yb in loader)
 
     return epoch_batches, len(train), torch.utils.data.DataLoader(test, batch_size=1000, **cuda)

@@ -190,24 +190,23 @@ def validate(raw: Any, source: str = "params") -> Params:
     return params
 
 
-def load(path: str | Path = "params.yaml") -> Params:
-    """Read and validate params.yaml."""
-    path = Path(path)
+def _read(path: Path) -> Any:
     try:
-        raw = yaml.safe_load(path.read_text())
+        return yaml.safe_load(path.read_text())
     except FileNotFoundError:
         raise ParamsError(f"{path}: file not found (run from the repository root)") from None
     except yaml.YAMLError as exc:
         raise ParamsError(f"{path}: not valid YAML: {exc}") from None
-    return validate(raw, str(path))
+
+
+def load(path: str | Path = "params.yaml") -> Params:
+    """Read and validate params.yaml."""
+    return validate(_read(Path(path)), str(path))
 
 
 def zoo_model(name: str, path: str | Path = "params.yaml") -> TrainParams:
     """The train params of ``train.zoo`` model ``name`` in params.yaml (``dvc exp run -S train.model=name``)."""
-    try:
-        raw = yaml.safe_load(Path(path).read_text())
-    except FileNotFoundError:
-        raise ParamsError(f"{path}: file not found (run from the repository root)") from None
+    raw = _read(Path(path))
     if not isinstance(raw, dict) or not isinstance(raw.get("train"), dict):
         raise ParamsError(f"{path}: no 'train' section")
     return validate({**raw, "train": {**raw["train"], "model": name}}, str(path)).train

@@ -97,6 +97,20 @@ def make_scheduler(p: TrainParams, opt: torch.optim.Optimizer, steps_per_epoch: 
     return None, False
 
 
+def augments(p: TrainParams, epoch: int) -> bool:
+    """Whether epoch ``epoch`` (from 1) trains on augmented images: all but the last ``augment.off_last_epochs``."""
+    return epoch <= p.epochs - p.augment.off_last_epochs
+
+
+def augment_batch(xb: torch.Tensor, p: TrainParams, epoch: int, generator: torch.Generator) -> torch.Tensor:
+    """``xb`` augmented as ``p.augment`` says, in an epoch that ``augments``; else ``xb`` itself."""
+    a = p.augment
+    if not augments(p, epoch):
+        return xb
+    return data.augment(xb, a.rotation_deg, a.zoom, a.shift, generator, a.elastic_px, a.elastic_scale,
+                        a.interpolation)  # fmt: skip
+
+
 def mixed_precision(p: TrainParams, device: torch.device) -> torch.autocast:
     """bf16 autocast on CUDA when ``p.amp``; a disabled context elsewhere (CPU and MPS train in float32)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.amp and device.type == "cuda")
@@ -180,7 +194,6 @@ def fit(
     step_model = distributed.wrap(model)  # distributed: DDP all-reduces the gradients
     step_model = torch.compile(step_model) if p.compile else step_model
     autocast = mixed_precision(p, x.device)
-    aug = p.augment
     history: list[Epoch] = []
     best_epoch, best_key, best_state, stopped_early = 0, (-1.0, 0.0), {}, False
     if resume is not None:
@@ -193,12 +206,9 @@ def fit(
         lr = opt.param_groups[0]["lr"]
         bar = tqdm(distributed.batches(x, y, p.batch_size, gen), total=steps, desc=f"epoch {epoch}/{p.epochs}",
                    leave=False, disable=not (sys.stderr.isatty() and distributed.is_main()))  # fmt: skip
-        augmenting = epoch <= p.epochs - aug.off_last_epochs
         for xb, yb in bar:
-            if augmenting:
-                xb = data.augment(xb, aug.rotation_deg, aug.zoom, aug.shift, aug_gen, aug.elastic_px,
-                                  aug.elastic_scale, aug.interpolation)  # fmt: skip
-            logits, loss = train_step(step_model, xb, yb, opt, p.label_smoothing, autocast)
+            logits, loss = train_step(step_model, augment_batch(xb, p, epoch, aug_gen), yb, opt, p.label_smoothing,
+                                      autocast)  # fmt: skip
             if ema is not None:
                 ema.update(model)
             if per_batch:
