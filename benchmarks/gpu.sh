@@ -3,7 +3,7 @@
 # torchvision, and the pipeline's data/raw and data/processed (dvc repro preprocess). Logs and results go to $OUT.
 #   1. fast-GPU recipe candidates, one seed each, alone on the GPU; the pick (rule below) is benchmarked:
 #   2. benchmarks/data_paths.py, ours vs. the naive per-sample path, on the GPU;
-#   3. meanwhile the GPU tests (tests/test_gpu.py), and the default recipe against its challengers over many
+#   3. meanwhile the device tests (tests/test_devices.py), and the default recipe against its challengers over many
 #      seeds (benchmarks/recipes.py, float32 without TF32, deterministic), several runs at once.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -43,7 +43,7 @@ echo "picked: $pick" | tee -a "$out/gpu-recipes.log"
 $py benchmarks/data_paths.py "${common[@]}" $pick 2>&1 | tee "$out/data_paths.log"
 
 # 3. GPU tests beside the seed study (its timings are not figures: the runs share the GPU).
-$py -m pytest --noconftest -p no:cacheprovider -q tests/test_gpu.py > "$out/pytest.log" 2>&1 &
+$py -m pytest --noconftest -p no:cacheprovider -q tests/test_devices.py > "$out/pytest.log" 2>&1 &
 tests=$!
 $py benchmarks/recipes.py --set amp=false --no-tf32 --seeds "$seeds" --jobs "${JOBS:-10}" \
     --deadline-min "$study_minutes" --out "$out/seeds.jsonl" \
