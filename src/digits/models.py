@@ -47,25 +47,39 @@ def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
 
 
 def cnn(
-    width: int, dropout: float, depth: int = 1, head: int = 0, stages: int = 3, block_dropout: float = 0.0
+    width: int,
+    dropout: float,
+    depth: int = 1,
+    head: int = 0,
+    stages: int = 3,
+    block_dropout: float = 0.0,
+    last_width: int | None = None,
+    last_pool: str = "floor",
 ) -> nn.Sequential:
     """``stages`` conv stages of w, 2w, 4w channels at 28, 14, 7 px, each Conv-BN-ReLU block(s) → 2×2 max-pool
     (→ Dropout ``block_dropout``).
 
-    ``depth`` conv layers in each stage after the first (the first, on one input channel, has one); ``head`` > 0
-    adds a hidden dense layer of that size; ``dropout`` comes before the classifier.
+    ``depth`` conv layers in each stage after the first (the first, on one input channel, has one); ``last_width``
+    replaces the last stage's channel count; ``last_pool`` is that stage's pooling: ``floor`` (7 → 3 px, dropping the
+    odd row and column), ``ceil`` (7 → 4 px) or ``none``. ``head`` > 0 adds a hidden dense layer of that size;
+    ``dropout`` comes before the classifier.
     """
+    if last_pool not in ("floor", "ceil", "none"):
+        raise ValueError(f"unknown last_pool '{last_pool}'; choose one of: floor, ceil, none")
     layers: list[nn.Module] = []
-    c_in = 1
+    c_in, side = 1, 28
     for stage in range(stages):
-        c_out = width * 2**stage
+        last = stage == stages - 1
+        c_out = last_width if last and last_width else width * 2**stage
         for i in range(1 if stage == 0 else depth):
             layers += _conv_bn(c_in if i == 0 else c_out, c_out)
-        layers.append(nn.MaxPool2d(2))
+        if not (last and last_pool == "none"):
+            ceil = last and last_pool == "ceil"
+            layers.append(nn.MaxPool2d(2, ceil_mode=ceil))
+            side = -(-side // 2) if ceil else side // 2
         if block_dropout:
             layers.append(nn.Dropout(block_dropout))
         c_in = c_out
-    side = 28 >> stages
     features = c_in * side * side
     layers.append(nn.Flatten())
     if head:
@@ -77,7 +91,7 @@ def cnn(
 ARCHITECTURES = {"mlp": mlp, "cnn": cnn}
 ARCHITECTURE_KEYS = {
     "mlp": ("hidden", "dropout", "batchnorm"),
-    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout"),
+    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout", "last_width", "last_pool"),
 }
 
 

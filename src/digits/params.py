@@ -54,6 +54,8 @@ class TrainParams(Section):
     depth: Annotated[int, Field(ge=1, le=4)] = 1
     head: Annotated[int, Field(ge=0)] = 0
     block_dropout: Fraction = 0.0
+    last_width: Annotated[int, Field(ge=1)] | None = None  # cnn: channels of the last stage (None: width·2^(stages−1))
+    last_pool: Literal["floor", "ceil", "none"] = "floor"  # cnn: the last stage's 2×2 max-pool (7 px → 3, 4 or 7)
     dropout: Fraction = 0.0
     init: Literal["default", "xavier"] = "default"
     epochs: Annotated[int, Field(ge=1)]
