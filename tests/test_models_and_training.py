@@ -18,7 +18,8 @@ from digits.params import AugmentParams, TrainParams
 
 ARCH: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": [32, 16], "dropout": 0.0, "batchnorm": False},
-    "cnn": {"width": 8, "dropout": 0.0, "depth": 1, "head": 0, "stages": 3, "block_dropout": 0.0},
+    "cnn": {"width": 8, "dropout": 0.0, "depth": 1, "head": 0, "stages": 3, "block_dropout": 0.0, "last_width": None,
+            "last_pool": "floor"},
 }
 
 
@@ -151,6 +152,30 @@ def test_cnn_width_scales_channels() -> None:
     convs = [m for m in models.cnn(8, 0.0) if isinstance(m, torch.nn.Conv2d)]
     assert [m.out_channels for m in convs] == [8, 16, 32]
     assert models.count_parameters(models.cnn(16, 0.0)) > models.count_parameters(models.cnn(8, 0.0))
+
+
+@pytest.mark.parametrize(("last_pool", "side"), [("floor", 3), ("ceil", 4), ("none", 7)])
+def test_cnn_last_stage_width_and_pooling(last_pool: str, side: int) -> None:
+    """``last_width`` sets the 7 px stage's channels; ``last_pool`` how much of its 7 × 7 map the head sees."""
+    body = models.cnn(8, 0.0, head=16, last_width=24, last_pool=last_pool)
+    assert [m.out_channels for m in body if isinstance(m, torch.nn.Conv2d)] == [8, 16, 24]
+    assert [m.in_features for m in body if isinstance(m, torch.nn.Linear)] == [24 * side * side, 16]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in body) == (2 if last_pool == "none" else 3)
+    assert body(torch.rand(2, 1, 28, 28)).shape == (2, 10)
+    assert [m.in_features for m in models.cnn(8, 0.0, stages=2, last_pool="ceil") if isinstance(m, torch.nn.Linear)
+            ] == [16 * 7 * 7]  # 14 px → 7 either way  # fmt: skip
+    with pytest.raises(ValueError, match="unknown last_pool 'avg'"):
+        models.cnn(8, 0.0, last_pool="avg")
+
+
+def test_checkpoint_without_the_newer_cnn_keys_still_loads(tmp_path: Path) -> None:
+    """Checkpoints written before ``last_width``/``last_pool`` existed rebuild the same network."""
+    kwargs = {k: v for k, v in ARCH["cnn"].items() if k not in ("last_width", "last_pool")}
+    model = models.build("cnn", 0.0, 1.0, **kwargs)
+    training.save_checkpoint(tmp_path / "old.pt", model, {"arch": "cnn", "model_kwargs": kwargs})
+    loaded, _ = training.load_checkpoint(tmp_path / "old.pt")
+    x = torch.rand(4, 1, 28, 28)
+    torch.testing.assert_close(loaded(x), model.eval()(x))
 
 
 @pytest.mark.parametrize("name", ["mlp", "cnn"])

@@ -94,6 +94,7 @@ def test_wrong_type(tmp_path: Path, base: dict[str, Any]) -> None:
         ("train", "dropout", 1.0, "less than 1"),
         ("train", "nproc", 0, "greater than or equal to 1"),
         ("train", "dropout", -0.1, "greater than or equal to 0"),
+        ("train", "last_width", 0, "greater than or equal to 1"),
     ],
 )
 def test_out_of_range(tmp_path: Path, base: dict[str, Any], section: str, key: str, value: Any, bound: str) -> None:
@@ -114,6 +115,12 @@ def test_unknown_architecture_lists_allowed_names(tmp_path: Path, base: dict[str
     msg = load_error(write_variant(tmp_path, base, set_key("train", "arch", "resnet")))
     assert "'train.arch' = 'resnet' is not allowed" in msg
     assert "'mlp'" in msg and "'cnn'" in msg
+
+
+def test_unknown_last_pool_lists_allowed_names(tmp_path: Path, base: dict[str, Any]) -> None:
+    msg = load_error(write_variant(tmp_path, base, set_key("train", "last_pool", "avg")))
+    assert "'train.last_pool' = 'avg' is not allowed" in msg
+    assert all(f"'{name}'" in msg for name in ("floor", "ceil", "none"))
 
 
 def test_unknown_optimizer_lists_allowed_names(tmp_path: Path, base: dict[str, Any]) -> None:
