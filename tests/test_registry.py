@@ -84,3 +84,14 @@ def test_a_champion_without_score_tags_is_a_clear_error(store):
     client.set_registered_model_alias("hand", CHAMPION, v.version)
     with pytest.raises(UserError, match="hand v1 has no numeric test_accuracy"):
         registry.register(store, "hand", Score(0.9, 0.3), {})
+
+
+def test_a_registered_identity_finds_its_recorded_decision(store):
+    name = "digits-test-identity"
+    ident = {"run_id": "r1", "checkpoint_md5": "aa"}
+    assert registry.find_decision(name, ident) is None  # no such model yet
+    first = registry.register(store, name, Score(0.9, 0.3), ident)
+    second = registry.register(store, name, Score(0.8, 0.3), {"run_id": "r2", "checkpoint_md5": "bb"})
+    assert registry.find_decision(name, ident) == first
+    assert registry.find_decision(name, {"run_id": "r2", "checkpoint_md5": "bb"}) == second
+    assert registry.find_decision(name, {"run_id": "r1", "checkpoint_md5": "bb"}) is None

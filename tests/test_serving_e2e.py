@@ -73,6 +73,14 @@ def test_register_stage_tags_the_version_and_writes_the_decision(project, client
     assert "metrics/register.json" in run(["dvc", "metrics", "show", "--json"], project).stdout
 
 
+def test_register_again_for_the_same_checkpoint_registers_nothing(project, client):
+    before = (project / "metrics" / "register.json").read_text()
+    out = run(["dvc", "repro", "--force", "--single-item", "register"], project).stdout
+    assert f"already registered: {NAME} v1" in out
+    assert (project / "metrics" / "register.json").read_text() == before
+    assert [v.version for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+
+
 def test_champion_loads_through_pyfunc_and_matches_the_checkpoint_and_evaluate(project, test_set, monkeypatch):
     images, _, predicted = test_set
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri(project))

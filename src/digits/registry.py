@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from dataclasses import asdict, dataclass
 
 import mlflow
@@ -10,6 +11,7 @@ from mlflow.exceptions import MlflowException
 from digits.errors import UserError
 
 CHAMPION, CHALLENGER = "champion", "challenger"
+DECISION_TAG = "promotion_decision"  # the Decision made when the version was registered, as JSON
 
 
 @dataclass(frozen=True)
@@ -71,9 +73,20 @@ def current_champion(client: mlflow.MlflowClient, name: str):
         return None
 
 
+def find_decision(name: str, identity: dict[str, str]) -> Decision | None:
+    """The decision recorded for an already registered version of ``name`` whose tags include all of ``identity``
+    (e.g. the run and checkpoint MD5), or None: registering the same checkpoint twice is a no-op."""
+    query = " and ".join([f"name = '{name}'", *(f"tags.{k} = '{v}'" for k, v in identity.items())])
+    for version in mlflow.MlflowClient().search_model_versions(query, order_by=["version_number ASC"]):
+        if DECISION_TAG in version.tags:
+            return Decision(**json.loads(version.tags[DECISION_TAG]))
+    return None
+
+
 def register(model_uri: str, name: str, score: Score, tags: dict[str, str]) -> Decision:
     """Register ``model_uri`` as a new version of ``name`` tagged with ``tags`` and its score, then point
-    ``champion`` at it if ``promotes`` says so, else ``challenger``. Uses the current MLflow tracking URI."""
+    ``champion`` at it if ``promotes`` says so, else ``challenger``. The decision is recorded as the version's
+    ``promotion_decision`` tag (``find_decision``). Uses the current MLflow tracking URI."""
     client = mlflow.MlflowClient()
     champion = current_champion(client, name)
     champion_score = version_score(champion) if champion is not None else None
@@ -81,7 +94,7 @@ def register(model_uri: str, name: str, score: Score, tags: dict[str, str]) -> D
     version = mlflow.register_model(model_uri, name, tags=all_tags)
     alias = CHAMPION if promotes(score, champion_score) else CHALLENGER
     client.set_registered_model_alias(name, alias, version.version)
-    return Decision(
+    decision = Decision(
         model_name=name,
         version=int(version.version),
         alias=alias,
@@ -91,3 +104,5 @@ def register(model_uri: str, name: str, score: Score, tags: dict[str, str]) -> D
         champion_test_accuracy=champion_score.accuracy if champion_score else None,
         champion_test_loss=champion_score.loss if champion_score else None,
     )
+    client.set_model_version_tag(name, version.version, DECISION_TAG, json.dumps(decision.as_dict()))
+    return decision
