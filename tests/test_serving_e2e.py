@@ -78,7 +78,7 @@ def test_register_again_for_the_same_checkpoint_registers_nothing(project, clien
     out = run(["dvc", "repro", "--force", "--single-item", "register"], project).stdout
     assert f"already registered: {NAME} v1" in out
     assert (project / "metrics" / "register.json").read_text() == before
-    assert [v.version for v in client.search_model_versions(f"name = '{NAME}'")] == ["1"]
+    assert [int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == [1]
 
 
 def test_champion_loads_through_pyfunc_and_matches_the_checkpoint_and_evaluate(project, test_set, monkeypatch):
