@@ -98,8 +98,7 @@ def worker(path: str, p: params.TrainParams, infer_batch: int) -> dict:
     torch.zeros(1, device=dev)  # start the device's runtime (CUDA context) before any clock runs
     test = data.read_idx_pair(RAW / "t10k-images-idx3-ubyte", RAW / "t10k-labels-idx1-ubyte")
     tx, ty = data.to_device(test, dev)
-    model = training.prepare(models.build(p.arch, 0.1307, 0.3081, init=p.init, **models.architecture_kwargs(p)),
-                             p, dev)  # fmt: skip
+    model = training.prepare(models.from_params(p, 0.1307, 0.3081), p, dev)
     with tempfile.TemporaryDirectory() as tmp:
         if path == "ours":
             trained, epoch_batches, n = ours_data(p, dev)  # moving the data to the device counts as training

@@ -47,7 +47,7 @@ def run(recipe: str, p: params.TrainParams, tf32: bool) -> dict:
     device.configure(dev, p.seed, p.deterministic)
     torch.set_num_threads(threads)  # configure() sizes the pool to the whole machine; jobs share it
     torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = tf32
-    model = models.build(p.arch, _stats["mean"], _stats["std"], init=p.init, **models.architecture_kwargs(p))
+    model = models.from_params(p, _stats["mean"], _stats["std"])
     model = training.prepare(model, p, dev)
     train, val = data.to_device(_splits["train"], dev), data.to_device(_splits["val"], dev)
     start = time.perf_counter()

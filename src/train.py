@@ -40,8 +40,7 @@ def main() -> None:
     device.configure(dev, p.seed, p.deterministic)
     dev = distributed.setup(dev)
     main_rank = distributed.is_main()  # distributed: only rank 0 prints, logs to MLflow and writes outputs
-    arch_kwargs = models.architecture_kwargs(p)
-    model = models.build(p.arch, stats["mean"], stats["std"], init=p.init, **arch_kwargs)
+    model = models.from_params(p, stats["mean"], stats["std"])
     model = training.prepare(model, p, dev)
     train_xy, val_xy = data.to_device(train_split, dev), data.to_device(val_split, dev)
     n_params = models.count_parameters(model)
@@ -89,7 +88,7 @@ def main() -> None:
         meta = {
             "model": p.model,
             "arch": p.arch,
-            "model_kwargs": arch_kwargs,
+            "model_kwargs": models.architecture_kwargs(p),
             "epoch": best.epoch,
             "val_accuracy": best.val_accuracy,
             "params": p.model_dump(),

@@ -166,8 +166,7 @@ def test_every_zoo_model_builds_and_trains_one_epoch_on_tiny_data(name):
     raw["train"]["model"] = name
     p = params.validate(raw).train.model_copy(update={"epochs": 1, "device": "cpu"})
     torch.manual_seed(0)
-    model = training.prepare(models.build(p.arch, 0.2, 0.3, init=p.init, **models.architecture_kwargs(p)), p,
-                             torch.device("cpu"))  # fmt: skip
+    model = training.prepare(models.from_params(p, 0.2, 0.3), p, torch.device("cpu"))
     before = copy.deepcopy(model.state_dict())
     result = training.fit(model, blobs(p.batch_size * 2, 1), blobs(20, 2), p)
     assert len(result.history) == 1 and math.isfinite(result.best.train_loss)

@@ -117,6 +117,11 @@ def architecture_kwargs(train_params: Any) -> dict[str, Any]:
     return {k: copy.copy(getattr(train_params, k)) for k in ARCHITECTURE_KEYS[train_params.arch]}
 
 
+def from_params(train_params: Any, mean: float, std: float) -> nn.Sequential:
+    """The architecture that the train params ``train_params`` describe (``arch``, its settings and ``init``)."""
+    return build(train_params.arch, mean, std, init=train_params.init, **architecture_kwargs(train_params))
+
+
 def fuse_for_inference(model: nn.Module) -> nn.Module:
     """A copy for inference with every Conv2d → BatchNorm2d pair folded into one Conv2d (same outputs in eval)."""
     model = copy.deepcopy(model).eval()

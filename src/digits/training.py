@@ -104,9 +104,9 @@ def augments(p: TrainParams, epoch: int) -> bool:
 
 def augment_batch(xb: torch.Tensor, p: TrainParams, epoch: int, generator: torch.Generator) -> torch.Tensor:
     """``xb`` augmented as ``p.augment`` says, in an epoch that ``augments``; else ``xb`` itself."""
-    a = p.augment
     if not augments(p, epoch):
         return xb
+    a = p.augment
     return data.augment(xb, a.rotation_deg, a.zoom, a.shift, generator, a.elastic_px, a.elastic_scale,
                         a.interpolation)  # fmt: skip
 
