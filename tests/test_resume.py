@@ -18,7 +18,7 @@ from typing import Any
 import mlflow
 import pytest
 import torch
-from helpers import clean_env, git_project, make_idx_dataset, store_uri
+from helpers import clean_env, git_project, make_idx_dataset, small_data, store_uri
 from test_models_and_training import squares
 from test_stages import stage, write_params
 
@@ -259,11 +259,7 @@ def dvc_repro(project: Path, **popen: Any) -> subprocess.Popen:
 
 @pytest.mark.e2e
 def test_dvc_repro_killed_mid_training_resumes_to_the_same_metrics(tmp_path_factory, mnist_raw: Path):
-    def small(params: dict) -> None:
-        params["download"].update(local_dir=str(mnist_raw), mirrors=[], registry_mirror=False)
-        params["preprocess"].update(train_limit=2000, test_limit=500)
-        params["train"].update(width=8, epochs=4, batch_size=64)
-
+    small = small_data(mnist_raw, 2000, 500, width=8, epochs=4, batch_size=64)
     baseline = git_project(tmp_path_factory.mktemp("baseline") / "digits", REPO, small)
     out, _ = dvc_repro(baseline).communicate(timeout=900)
     assert "Running stage 'report'" in out, out

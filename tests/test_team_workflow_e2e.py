@@ -9,11 +9,12 @@ import re
 import shutil
 import subprocess
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import BIN, clean_env, git_commit, mlflow_runs, run
+from helpers import BIN, clean_env, git_commit, mlflow_runs, run, stop_processes
 
 from digits.files import md5_file
 
@@ -23,11 +24,16 @@ RESTORED = ("data/raw/train-images-idx3-ubyte", "data/processed/train.pt", "data
 
 
 @pytest.fixture(scope="module")
-def baseline(project: Path) -> Path:
-    """The project after a real `dvc repro`, its outputs committed on `main`."""
+def baseline(project: Path) -> Iterator[Path]:
+    """The project after a real `dvc repro`, its outputs committed on `main`. Afterwards, pass or fail, its queue
+    is stopped and no `dvc exp queue-worker` outlives the module: an idle worker would otherwise linger for minutes
+    and skew whatever runs next on the machine."""
     run(["dvc", "repro"], project)
     git_commit(project, "dvc repro")
-    return project
+    yield project
+    run(["dvc", "queue", "stop"], project, check=False)
+    killed = stop_processes(lambda cmdline: "queue-worker" in cmdline, grace_s=60)
+    assert not killed, f"queue workers still running 60 s after `dvc queue stop` (killed): {killed}"
 
 
 def test_default_remote_push_then_pull_into_a_fresh_clone(baseline: Path):
