@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import torch
 from filelock import FileLock
-from helpers import TEST_RUN_MARK, REPO, git_project, make_idx_bytes, make_idx_dataset, small_data, stop_processes
+from helpers import REPO, TEST_RUN_MARK, git_project, make_idx_bytes, make_idx_dataset, small_data, stop_processes
 
 from digits import download
 

@@ -3,12 +3,13 @@ the commands end-to-end tests run in a temporary project."""
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import os
 import shutil
-import socket
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -173,11 +174,11 @@ def stop_processes(where: Callable[[str], bool] = lambda cmdline: True, grace_s:
     """Wait up to ``grace_s`` for this run's processes whose command line passes ``where`` to end, then SIGKILL
     what is left; return those that had to be killed."""
     deadline = time.monotonic() + grace_s
-    while (left := {pid: cmd for pid, cmd in test_run_processes().items() if where(cmd)}) and time.monotonic() < deadline:
+    while (left := {pid: cmd for pid, cmd in test_run_processes().items() if where(cmd)}) and (
+        time.monotonic() < deadline
+    ):
         time.sleep(0.5)
     for pid in left:
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
     return left

@@ -10,8 +10,8 @@ import mlflow
 import pytest
 import torch
 import yaml
-from helpers import mlflow_runs as runs
 from helpers import REPO, git_project, run, small_data, store_uri
+from helpers import mlflow_runs as runs
 
 pytestmark = pytest.mark.e2e
 
