@@ -5,9 +5,15 @@
 #   bash scripts/dev.sh ui                       MLflow UI on the project's store (PORT=5000)
 #   bash scripts/dev.sh review [BASE]            PR review Markdown against BASE (main) in pr-report/
 #   bash scripts/dev.sh setup                    only create/refresh .venv
+#   DIGITS_ISA=avx2 bash scripts/dev.sh ...      any task as on a CPU without AVX-512 (scripts/avx2.env)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 root=$PWD
+case ${DIGITS_ISA:-} in
+    "") ;;
+    avx2) set -a; source scripts/avx2.env; set +a; echo "imitating an AVX2-only CPU (scripts/avx2.env)" >&2 ;;
+    *) echo "DIGITS_ISA=$DIGITS_ISA: only avx2 can be imitated" >&2; exit 64 ;;
+esac
 
 setup() {
     local stamp=.venv/.installed want
@@ -33,5 +39,5 @@ case $task in
     ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}" \
                --host 127.0.0.1 --port "${PORT:-5000}" ;;
     review) setup; PATH="$root/.venv/bin:$PATH" exec python scripts/pr_report.py "${1:-main}" "${@:2}" ;;
-    *) sed -n '2,7p' "$root/scripts/dev.sh" >&2; exit 64 ;;
+    *) sed -n '2,8p' "$root/scripts/dev.sh" >&2; exit 64 ;;
 esac
