@@ -31,9 +31,7 @@ def baseline(project: Path) -> Iterator[Path]:
     run(["dvc", "repro"], project)
     git_commit(project, "dvc repro")
     yield project
-    run(["dvc", "queue", "stop"], project, check=False)
-    killed = stop_processes(lambda cmdline: "queue-worker" in cmdline, grace_s=60)
-    assert not killed, f"queue workers still running 60 s after `dvc queue stop` (killed): {killed}"
+    assert not stop_queue(project), "queue workers still running 60 s after `dvc queue stop` (killed)"
 
 
 def test_default_remote_push_then_pull_into_a_fresh_clone(baseline: Path):
@@ -66,6 +64,16 @@ def start_queue(project: Path, jobs: int) -> None:
         proc = subprocess.run(["dvc", "queue", "start", "-j", str(jobs)], cwd=project, env=clean_env(),
                               stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT, timeout=120)
     assert proc.returncode == 0, log.read_text()
+
+
+def stop_queue(project: Path) -> dict[int, str]:
+    """`dvc queue stop`, then wait for every `dvc exp queue-worker` to exit; return those killed after 60 s.
+
+    A worker left idle after its queue ran empty shuts itself down seconds later; a task queued meanwhile can be
+    taken by that worker as it exits and then never runs, so `dvc exp run --run-all` would wait for ever.
+    """
+    run(["dvc", "queue", "stop"], project, check=False)
+    return stop_processes(lambda cmdline: "queue-worker" in cmdline, grace_s=60)
 
 
 def queue_report(project: Path) -> str:
@@ -123,7 +131,11 @@ def test_queued_experiments_run_two_at_a_time_into_the_same_store(baseline: Path
     for lr in ("0.01", "0.003"):
         run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}"], baseline)
     start_queue(baseline, jobs=2)
-    wait_for_queue(baseline)
+    try:
+        wait_for_queue(baseline)
+    finally:
+        killed = stop_queue(baseline)
+    assert not killed, f"queue workers still running 60 s after `dvc queue stop` (killed): {killed}"
     status = run(["dvc", "queue", "status"], baseline).stdout
     assert "Failed" not in status, status
     check_new_runs(baseline, before, {"0.01", "0.003"})
@@ -132,8 +144,12 @@ def test_queued_experiments_run_two_at_a_time_into_the_same_store(baseline: Path
 def test_run_all_runs_what_is_queued(baseline: Path):
     before = len(mlflow_runs(baseline))
     run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.02"], baseline)
-    run(["dvc", "exp", "run", "--run-all"], baseline)
-    wait_for_queue(baseline)
+    try:
+        run(["dvc", "exp", "run", "--run-all"], baseline)
+        wait_for_queue(baseline)
+    finally:
+        killed = stop_queue(baseline)
+    assert not killed, f"queue workers still running 60 s after `dvc queue stop` (killed): {killed}"
     check_new_runs(baseline, before, {"0.02"})
 
 
