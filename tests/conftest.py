@@ -34,6 +34,17 @@ def pytest_configure(config: pytest.Config) -> None:
         torch.set_num_threads(len(share))
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Modules with `e2e` tests first, then those with `slow` ones, then the many short unit-test modules: xdist
+    hands whole modules to its workers in this order, so the short ones fill the gaps at the end instead of one
+    worker running a long module alone while the other waits."""
+    rank = {}
+    for item in items:
+        own = 0 if item.get_closest_marker("e2e") else 1 if item.get_closest_marker("slow") else 2
+        rank[item.module] = min(rank.get(item.module, 2), own)
+    items.sort(key=lambda item: rank[item.module])
+
+
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     """The suite leaves nothing running: a server, worker or queue that a test started and its teardown did not
     stop fails the run (and is killed, so it skews nothing that runs after). Checked once, by the process that

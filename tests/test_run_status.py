@@ -14,6 +14,7 @@ import mlflow
 import pytest
 from helpers import clean_env, store_uri
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 
 # A stage-like script: stage.run(main), main starts a tracked run, prints its id, then does what argv[1] says.

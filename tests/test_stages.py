@@ -14,6 +14,7 @@ import torch
 import yaml
 from helpers import clean_env, make_idx_dataset, store_uri
 
+pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BASE_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
 
