@@ -33,8 +33,7 @@ shift || true
 case $task in
     setup) setup ;;
     repro) setup; PATH="$root/.venv/bin:$PATH" exec dvc repro "$@" ;;
-    # one pytest-xdist worker per CPU, a test module per worker at a time (its module fixtures built once); -n 0 after
-    # this line's options turns it off
+    # one pytest-xdist worker per CPU, each running whole modules (their fixtures built once); `test -n 0`: one process
     test)  setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest -n auto --dist loadfile "$@" ;;
     ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}" \
                --host 127.0.0.1 --port "${PORT:-5000}" ;;
