@@ -77,3 +77,10 @@ def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:
     for metric in ("final_accuracy", "seconds_to_99.5", "train_images_per_second", "inference_images_per_second"):
         assert f"| {metric} |" in table
     assert "ours test accuracy per epoch: [" in table and "naive test accuracy per epoch: [" in table
+
+
+def test_allocator_benchmark_compares_glibc_with_the_stages_setting(tmp_path: Path) -> None:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    table = script("allocator.py", "--rounds=1", "--images=256", cwd=tmp_path).stdout
+    assert "| allocator | images/s | minor page faults | system CPU s |" in table
+    assert "| glibc | " in table and "| keep | " in table

@@ -220,3 +220,37 @@ def test_evaluate_with_a_run_missing_from_the_store_is_a_clear_error(tmp_path: P
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "is not in sqlite:///" in proc.stderr and "dvc repro -f train" in proc.stderr
     assert not (tmp_path / "metrics" / "evaluate.json").exists()  # failed before writing anything
+
+
+KEPT_PROBE = """
+import ctypes, ctypes.util, sys
+from digits import stage
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                       "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"))
+libc.malloc.restype, libc.malloc.argtypes = ctypes.c_void_p, [ctypes.c_size_t]
+libc.free.argtypes = [ctypes.c_void_p]
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "keep":
+    assert stage.keep_freed_memory()
+blocks = [libc.malloc(1 << 20) for _ in range(40)]  # 40 MiB of 1 MiB buffers, written, then freed
+for b in blocks:
+    ctypes.memset(b, 1, 1 << 20)
+for b in reversed(blocks):
+    libc.free(b)
+print(libc.mallinfo2().keepcost >> 20)  # MiB free at the heap's top, kept for the next allocations
+"""
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="glibc's malloc")
+def test_stages_keep_freed_memory_for_reuse_where_glibc_would_give_it_back():
+    kept = {}
+    for mode in ("glibc", "keep"):
+        proc = subprocess.run([sys.executable, "-c", KEPT_PROBE, mode], env=clean_env(), capture_output=True,
+                              text=True, timeout=120)  # fmt: skip
+        assert proc.returncode == 0, proc.stderr
+        kept[mode] = int(proc.stdout)
+    assert kept["glibc"] < 8 <= 40 <= kept["keep"], kept  # by default 1 MiB buffers are unmapped when freed
