@@ -29,8 +29,8 @@ def keep_freed_memory() -> bool:
     A training step frees and allocates the same activation buffers every batch. With glibc's defaults many are
     unmapped or trimmed, then faulted in again page by page: ~360 k minor page faults per 16k-image epoch of the
     default model on AVX2 (benchmarks/allocator.py). Here buffers up to 32 MiB (glibc's ceiling) come from the
-    heap, which grows in 64 MiB steps and is trimmed only beyond 1 GiB free at its top; peak memory stays what the
-    process needed at its peak. Returns False where the C library is not glibc (nothing changed).
+    heap, which grows in 64 MiB steps and is trimmed only beyond 1 GiB free at its top: freed memory stays with the
+    process for its next allocations. Returns False where the C library is not glibc (nothing changed).
     """
     try:
         mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
