@@ -4,6 +4,7 @@
 #   bash scripts/dev.sh test  [pytest args]      the test suite (what CI runs)
 #   bash scripts/dev.sh ui                       MLflow UI on the project's store (PORT=5000)
 #   bash scripts/dev.sh review [BASE]            PR review Markdown against BASE (main) in pr-report/
+#   bash scripts/dev.sh app [digits-app args]    draw-a-digit page on the champion model, http://127.0.0.1:8000
 #   bash scripts/dev.sh setup                    only create/refresh .venv
 #   DIGITS_ISA=avx2 bash scripts/dev.sh ...      any task as on a CPU without AVX-512 (scripts/avx2.env)
 set -euo pipefail
@@ -37,6 +38,7 @@ case $task in
     test)  setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest -n auto --dist loadfile "$@" ;;
     ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}" \
                --host 127.0.0.1 --port "${PORT:-5000}" ;;
+    app)   setup; PATH="$root/.venv/bin:$PATH" exec digits-app "$@" ;;
     review) setup; PATH="$root/.venv/bin:$PATH" exec python scripts/pr_report.py "${1:-main}" "${@:2}" ;;
-    *) sed -n '2,8p' "$root/scripts/dev.sh" >&2; exit 64 ;;
+    *) sed -n '2,9p' "$root/scripts/dev.sh" >&2; exit 64 ;;
 esac

@@ -158,9 +158,14 @@ def load(path: str | Path) -> np.ndarray:
         data = path.read_bytes()
     except OSError as exc:
         raise ImageError(f"{path}: cannot read ({exc.strerror or exc})") from None
-    img = decode(data, str(path))
+    return from_bytes(data, str(path))
+
+
+def from_bytes(data: bytes, name: str = "<bytes>") -> np.ndarray:
+    """Decode image bytes and prepare them (see ``prepare``); unusable data raises ImageError naming ``name``."""
+    img = decode(data, name)
     try:
         grey = greyscale(img)
     except (OSError, SyntaxError, ValueError) as exc:  # e.g. a malformed EXIF block or palette
-        raise ImageError(f"{path}: damaged image data ({exc})") from None
-    return prepare(grey, str(path))
+        raise ImageError(f"{name}: damaged image data ({exc})") from None
+    return prepare(grey, name)

@@ -67,10 +67,18 @@ def classify_files(paths: list[str], classify: Classifier) -> list[dict]:
     for start in range(0, len(ok), serving.MAX_BATCH):
         chunk = ok[start : start + serving.MAX_BATCH]
         frame = classify(np.stack(images[start : start + serving.MAX_BATCH]))
-        for i, row in zip(chunk, frame.itertuples(index=False), strict=True):
-            probs = [float(getattr(row, c)) for c in serving.COLUMNS[1:]]
-            results[i] |= {"class": int(row[0]), "confidence": max(probs), "probabilities": probs}
+        for i, answer in zip(chunk, answers(frame), strict=True):
+            results[i] |= answer
     return results
+
+
+def answers(frame: pd.DataFrame) -> list[dict]:
+    """A classifier's output as one {class, confidence, probabilities} per image."""
+    out = []
+    for row in frame.itertuples(index=False):
+        probs = [float(getattr(row, c)) for c in serving.COLUMNS[1:]]
+        out.append({"class": int(row[0]), "confidence": max(probs), "probabilities": probs})
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
