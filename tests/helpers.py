@@ -13,7 +13,9 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import mlflow
@@ -74,6 +76,59 @@ def closed_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def request(url: str, body: bytes | None = None, content_type: str = "application/json", timeout: float = 60):
+    """(status, body text) of a GET (body None) or POST; HTTP errors are answers, not exceptions."""
+    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if body is not None else {})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
+
+
+@contextlib.contextmanager
+def served(cmd: list[str], cwd: Path, env: dict[str, str], ready_url: str, log: Path,
+           timeout_s: float = 240) -> Iterator[subprocess.Popen]:
+    """Run a server in its own process group until ``ready_url`` answers 200 (failing the test, with the log's
+    tail, if it exits or times out first); SIGTERM, then SIGKILL, its whole group on leaving."""
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        deadline = time.monotonic() + timeout_s  # a cold start on a busy 2-core machine takes up to a minute
+        while True:
+            if proc.poll() is not None:
+                pytest.fail(f"{cmd[0]} exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+            try:
+                if request(ready_url, timeout=5)[0] == 200:
+                    break
+            except OSError:
+                pass
+            if time.monotonic() > deadline:
+                pytest.fail(f"{ready_url} not answering after {timeout_s:.0f} s:\n{log.read_text()[-4000:]}")
+            time.sleep(0.5)
+        yield proc
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(20)
+
+
+# root in a container needs --no-sandbox; the rest keeps Chromium off the network (Playwright gives it a fresh profile)
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+def chromium() -> str:
+    """The system Chromium's path; skips the test, saying why, where none is installed."""
+    for name in ("chromium", "chromium-browser", "google-chrome"):
+        if path := shutil.which(name):
+            return path
+    pytest.skip("no Chromium on PATH: install Debian's `chromium` (.ci/run does) to run the browser test")
 
 
 def run(

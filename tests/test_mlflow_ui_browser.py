@@ -5,31 +5,15 @@ compare view of the runs opens. Screenshots go to the test's tmp_path."""
 from __future__ import annotations
 
 import os
-import shutil
-import signal
-import subprocess
-import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
 import mlflow
 import pytest
-from helpers import BIN, REPO, closed_port, store_uri
+from helpers import BIN, CHROMIUM_FLAGS, REPO, chromium, closed_port, served, store_uri
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
-# root in a container needs --no-sandbox; the rest keeps Chromium off the network (Playwright gives it a fresh profile)
-CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 RUNS = {"exp-brisk-lr": ("0.01", 0.9731), "exp-gentle-lr": ("0.003", 0.9512)}  # run name: (lr, test accuracy)
-
-
-def chromium() -> str:
-    """The system Chromium's path; skips the test, saying why, where none is installed."""
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        if path := shutil.which(name):
-            return path
-    pytest.skip("no Chromium on PATH: install Debian's `chromium` (.ci/run does) to run the browser test")
 
 
 @pytest.fixture
@@ -57,30 +41,8 @@ def ui(tmp_path, store) -> Iterator[str]:
     else:  # a shared environment (this project's helper setup): the same command line dev.sh runs
         cmd = [str(BIN / "mlflow"), "ui", "--backend-store-uri", env["MLFLOW_TRACKING_URI"], "--host", "127.0.0.1",
                "--port", str(port)]
-    log = (tmp_path / "ui.log").open("w")
-    proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 180  # a cold start on a busy 2-core machine takes up to a minute
-        while True:
-            try:
-                with urllib.request.urlopen(f"{url}/health", timeout=5) as reply:
-                    if reply.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"MLflow UI did not come up on {url}:\n{(tmp_path / 'ui.log').read_text()[-3000:]}")
-            time.sleep(1)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)  # the UI's own process group: the server and its workers
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-        log.close()
+    with served(cmd, REPO, env, f"http://127.0.0.1:{port}/health", tmp_path / "ui.log", timeout_s=180):
+        yield f"http://127.0.0.1:{port}"
 
 
 def test_runs_with_lr_and_accuracy_are_visible_and_compare_opens(ui: str, store, tmp_path: Path):

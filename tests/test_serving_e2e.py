@@ -6,21 +6,15 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
-import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import numpy as np
 import pytest
 import torch
-from helpers import REPO, clean_env, git_project, run, small_data, store_uri
+from helpers import REPO, clean_env, closed_port, git_project, request, run, served, small_data, store_uri
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
@@ -96,55 +90,16 @@ def test_champion_loads_through_pyfunc_and_matches_the_checkpoint_and_evaluate(p
 # ---------------------------------------------------------------- the real scoring server
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def request(url: str, body: bytes | None = None, content_type: str = "application/json", timeout: float = 60):
-    """(status, body text) of a GET (body None) or POST; HTTP errors are answers, not exceptions."""
-    req = urllib.request.Request(url, data=body, headers={"Content-Type": content_type} if body is not None else {})
-    try:
-        with urllib.request.urlopen(req, timeout=timeout) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, e.read().decode()
-
-
 @pytest.fixture(scope="module")
 def server(project, tmp_path_factory):
     """`mlflow models serve` (the README's command) on a free loopback port; its process group is killed after."""
-    port = free_port()
+    port = closed_port()
     log = tmp_path_factory.mktemp("server") / "serve.log"
     env = clean_env(MLFLOW_TRACKING_URI=store_uri(project))  # no PYTHONPATH: the model brings its own code
     cmd = ["mlflow", "models", "serve", "-m", f"models:/{NAME}@champion", "--env-manager", "local",
            "-h", "127.0.0.1", "-p", str(port), "--workers", "1"]  # fmt: skip
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, cwd=project, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=True)  # fmt: skip
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 240
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"server exited {proc.returncode}:\n{log.read_text()[-4000:]}")
-            try:
-                if request(f"{url}/ping", timeout=5)[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"server not answering /ping after 240 s:\n{log.read_text()[-4000:]}")
-            time.sleep(0.5)
-        yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(15)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(15)
+    with served(cmd, project, env, f"http://127.0.0.1:{port}/ping", log):
+        yield f"http://127.0.0.1:{port}"
 
 
 def invoke(server: str, payload, timeout: float = 120):

@@ -102,7 +102,9 @@ $("file").addEventListener("change", (event) => {
   epoch += 1;
   redraw();
   $("source").textContent = `uploaded: ${file.name}`;
-  send(file, file.type || "application/octet-stream");
+  const form = new FormData(); // multipart: the app names the file in its answer and judges the bytes, not the type
+  form.append("file", file);
+  send(form);
 });
 
 // Send the drawing now, or as soon as the request in flight returns.
@@ -122,16 +124,17 @@ function schedule() {
   setBusy();
   pad.toBlob((blob) => {
     inFlight = false;
-    send(blob, "image/png");
+    send(blob);
   }, "image/png");
 }
 
-async function send(body, type) {
+// POST a PNG blob (its type, image/png, is the request's) or a FormData upload.
+async function send(body) {
   const sentIn = epoch;
   inFlight = true;
   setBusy();
   try {
-    const reply = await fetch("/api/predict", { method: "POST", headers: { "Content-Type": type }, body });
+    const reply = await fetch("/api/predict", { method: "POST", body });
     const answer = await reply.json().catch(() => ({ error: `HTTP ${reply.status}` }));
     if (sentIn === epoch) {
       if (reply.ok) show(answer);
