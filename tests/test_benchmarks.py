@@ -1,5 +1,5 @@
-"""The benchmark scripts run end to end on tiny data: the multi-seed recipe comparison (with resume) and the
-data-path benchmark (ours vs. the per-sample torchvision path)."""
+"""The benchmark scripts run end to end on tiny data: the multi-seed recipe comparison (with resume), the
+data-path benchmark (ours vs. the per-sample torchvision path), the allocator comparison and the app under load."""
 
 from __future__ import annotations
 
@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, clean_env, make_idx_dataset
+from helpers import REPO, clean_env, closed_port, make_idx_dataset
 
-from digits import data, files
+from digits import data, files, models, params, training
 
 TINY = ["--set=device=cpu", "--set=epochs=1", "--set=width=4", "--set=head=8", "--set=batch_size=32",
         "--set=ema_decay=null", "--set=augment.rotation_deg=5"]  # fmt: skip
@@ -84,3 +84,25 @@ def test_allocator_benchmark_compares_glibc_with_the_stages_setting(tmp_path: Pa
     table = script("allocator.py", "--rounds=1", "--images=256", cwd=tmp_path).stdout
     assert "| allocator | images/s | minor page faults | system CPU s |" in table
     assert "| glibc | " in table and "| keep | " in table
+
+
+def test_app_load_benchmark_reports_throughput_latency_and_memory(tmp_path: Path) -> None:
+    """A few seconds of load from 3 clients on a random-weight model: every request answered, figures printed."""
+    p = params.load(REPO / "params.yaml").train
+    network = models.from_params(p, mean=0.1307, std=0.3081)
+    checkpoint = tmp_path / "model.pt"
+    training.save_checkpoint(checkpoint, network, {"arch": p.arch, "model_kwargs": models.architecture_kwargs(p)})
+    images = torch.zeros(30, 28, 28, dtype=torch.uint8)
+    for i in range(30):  # a bar per digit, in different places: something for MNIST-style preparation to find
+        images[i, 4:24, 6 + i % 14 : 9 + i % 14] = 255
+    data.save_split(tmp_path / "test.pt", data.Split(images, torch.arange(30) % 10))
+    out = tmp_path / "load.json"
+    proc = script("app_load.py", f"--checkpoint={checkpoint}", f"--split={tmp_path / 'test.pt'}", "--images=30",
+                  "--clients=3", "--seconds=3", f"--port={closed_port()}", f"--out={out}", cwd=tmp_path)  # fmt: skip
+    result = json.loads(out.read_text())
+    assert result["errors"] == 0 and result["requests"] > 10
+    assert result["outcomes"].get("right", 0) + result["outcomes"].get("wrong", 0) == result["requests"]
+    assert 0 < result["p50_ms"] <= result["p99_ms"] and result["requests_per_s"] > 0
+    assert 100 < result["rss_mib_start"] <= result["rss_mib_peak"] and result["rss_mib_end"] <= result["rss_mib_peak"]
+    assert "requests in" in proc.stdout and "cores" in result["machine"]
+    assert not list(tmp_path.glob("app-load-*.log"))
