@@ -61,7 +61,7 @@ def main() -> None:
             resume.announce(state, store, run.info.run_id, p.epochs)
         if main_rank:
             sizes = {"train_size": len(train_split), "val_size": len(val_split), "world_size": distributed.world_size()}
-            mlflow.log_params({**tracking.flat_params(p.model_dump()), "n_parameters": n_params,
+            mlflow.log_params({**tracking.flat_params(params.in_use(p)), "n_parameters": n_params,
                                "device": device.describe(dev), **sizes})  # fmt: skip
 
         def on_epoch(e: training.Epoch) -> None:

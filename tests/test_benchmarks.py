@@ -16,7 +16,7 @@ from helpers import REPO, clean_env, closed_port, make_idx_dataset
 from digits import data, files, models, params, training
 
 TINY = ["--set=device=cpu", "--set=epochs=1", "--set=width=4", "--set=head=8", "--set=batch_size=32",
-        "--set=ema_decay=null", "--set=augment.rotation_deg=5"]  # fmt: skip
+        "--set=ema_decay=0", "--set=augment.rotation_deg=5"]  # fmt: skip
 
 
 def script(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:

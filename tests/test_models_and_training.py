@@ -242,7 +242,7 @@ def test_early_stopping_when_validation_stops_improving(train_xy, val_xy) -> Non
 def test_no_early_stopping_without_patience(train_xy, val_xy) -> None:
     x_val, y_val = val_xy
     wrong_val = (x_val, (y_val + 1) % 10)
-    result = training.fit(build("mlp"), train_xy, wrong_val, train_params(epochs=4, early_stopping_patience=None))
+    result = training.fit(build("mlp"), train_xy, wrong_val, train_params(epochs=4, early_stopping_patience=0))
     assert not result.stopped_early
     assert len(result.history) == 4
 

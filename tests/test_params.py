@@ -56,9 +56,10 @@ def test_repository_params_validate() -> None:
     p = params.load(REPO_PARAMS)
     assert isinstance(p, params.Params)
     raw = yaml.safe_load(REPO_PARAMS.read_text())
-    assert p.train.model == raw["train"]["model"]
-    assert p.train.lr == pytest.approx(raw["train"]["lr"])
-    assert p.train.augment.rotation_deg == pytest.approx(raw["train"]["augment"]["rotation_deg"])
+    recipe = raw["train"]["zoo"][raw["train"]["model"]]
+    assert p.train.model == raw["train"]["model"] == next(iter(raw["train"]["zoo"]))  # the default: the first recipe
+    assert raw["train"]["lr"] is None and p.train.lr == pytest.approx(recipe["lr"])
+    assert p.train.augment.rotation_deg == pytest.approx(recipe["augment"]["rotation_deg"])
     assert p.preprocess.val_fraction == pytest.approx(raw["preprocess"]["val_fraction"])
     assert p.download.mirrors == raw["download"]["mirrors"]
 
@@ -94,7 +95,7 @@ def test_wrong_type(tmp_path: Path, base: dict[str, Any]) -> None:
         ("train", "dropout", 1.0, "less than 1"),
         ("train", "nproc", 0, "greater than or equal to 1"),
         ("train", "dropout", -0.1, "greater than or equal to 0"),
-        ("train", "last_width", 0, "greater than or equal to 1"),
+        ("train", "last_width", -1, "greater than or equal to 0"),
     ],
 )
 def test_out_of_range(tmp_path: Path, base: dict[str, Any], section: str, key: str, value: Any, bound: str) -> None:
@@ -142,8 +143,7 @@ def test_misspelled_key_suggests_the_right_one(tmp_path: Path, base: dict[str, A
     msg = load_error(write_variant(tmp_path, base, rename_key("train", "epochs", "epoch")))
     assert "unknown key 'train.epoch'" in msg
     assert "Did you mean 'epochs'?" in msg
-    # the renamed key is also reported as missing
-    assert "missing key 'train.epochs'" in msg
+    assert "missing key" not in msg  # a train key left out takes the recipe's value
 
 
 def test_unknown_key_without_close_match_lists_allowed_keys(tmp_path: Path, base: dict[str, Any]) -> None:
@@ -153,7 +153,6 @@ def test_unknown_key_without_close_match_lists_allowed_keys(tmp_path: Path, base
     unknown_line = next(line for line in msg.splitlines() if "train.learning_rate" in line)
     allowed = unknown_line.split("Allowed keys here:")[1]
     assert {k.strip() for k in allowed.split(",")} == set(params.TrainParams.model_fields)
-    assert "missing key 'train.lr'" in msg
 
 
 def test_unknown_section_suggests_section(tmp_path: Path, base: dict[str, Any]) -> None:
@@ -178,14 +177,16 @@ def test_missing_section(tmp_path: Path, base: dict[str, Any]) -> None:
 
 
 def test_missing_required_key(tmp_path: Path, base: dict[str, Any]) -> None:
-    msg = load_error(write_variant(tmp_path, base, lambda raw: raw["train"].pop("lr")))
+    msg = load_error(write_variant(tmp_path, base, lambda raw: raw["train"]["zoo"]["digits_cnn"].pop("lr")))
     assert "missing key 'train.lr'" in msg
     assert msg.count("\n  - ") == 1
 
 
 def test_optional_key_may_be_omitted(tmp_path: Path, base: dict[str, Any]) -> None:
-    p = params.load(write_variant(tmp_path, base, lambda raw: raw["train"].pop("augment")))
-    assert p.train.augment == params.AugmentParams()
+    recipe = params.load(write_variant(tmp_path, base, lambda raw: raw["train"].pop("augment"))).train
+    assert recipe.augment == params.load(REPO_PARAMS).train.augment  # left out of the train section: the recipe's
+    p = params.load(write_variant(tmp_path, base, lambda raw: raw["train"]["zoo"]["digits_cnn"].pop("augment")))
+    assert p.train.augment == params.AugmentParams()  # left out of the recipe too: the schema's default
 
 
 def test_several_problems_reported_together(tmp_path: Path, base: dict[str, Any]) -> None:
@@ -285,3 +286,70 @@ def test_zoo_model_unknown_name_and_missing_file(tmp_path: Path) -> None:
         params.zoo_model("nope", REPO_PARAMS)
     with pytest.raises(ParamsError, match="file not found"):
         params.zoo_model("digits_cnn", tmp_path / "params.yaml")
+
+
+ZOO = list(yaml.safe_load(REPO_PARAMS.read_text())["train"]["zoo"])
+
+
+@pytest.mark.parametrize("model", ZOO)
+def test_a_key_set_in_the_train_section_overrides_every_recipe(tmp_path: Path, base: dict[str, Any], model: str):
+    """`dvc exp run -S train.model=M -S train.lr=X` writes these two keys: X is what trains, whatever M's recipe."""
+    recipe = params.zoo_model(model, REPO_PARAMS)
+    assert recipe.lr != 0.0123 and recipe.augment.off_last_epochs != 1
+
+    def choose(raw: dict[str, Any]) -> None:
+        raw["train"].update(model=model, lr=0.0123)
+        raw["train"]["augment"]["off_last_epochs"] = 1
+
+    p = params.load(write_variant(tmp_path, base, choose)).train
+    assert p.lr == 0.0123 and p.augment.off_last_epochs == 1
+    assert p.model_copy(update={"lr": recipe.lr, "augment": recipe.augment}) == recipe  # the rest: the recipe's
+
+
+def test_null_keys_take_the_recipe_and_a_set_null_able_key_can_switch_a_feature_off(tmp_path, base):
+    fast = params.load(write_variant(tmp_path, base, set_key("train", "model", "digits_cnn_fast"))).train
+    assert (fast.width, fast.epochs, fast.ema_decay) == (8, 2, 0)
+    default = params.load(REPO_PARAMS).train
+    assert default.ema_decay == 0.999
+    assert params.load(write_variant(tmp_path, base, set_key("train", "ema_decay", 0))).train.ema_decay == 0
+
+
+@pytest.mark.parametrize(
+    ("model", "key", "value", "words"),
+    [
+        ("digits_cnn", "hidden", [64], "'train.hidden' is set, but applies to mlp models only; model 'digits_cnn' "
+                                        "is 'cnn'"),
+        ("digits_cnn", "batchnorm", True, "'train.batchnorm' is set, but applies to mlp models only"),
+        ("mlp_128_128", "width", 8, "'train.width' is set, but applies to cnn models only; model 'mlp_128_128' "
+                                     "is 'mlp'"),
+        ("digits_cnn", "momentum", 0.8, "'train.momentum' is set, but applies only with optimizer sgd; model "
+                                         "'digits_cnn' uses optimizer 'adamw'"),
+        ("digits_cnn", "step_size", 5, "'train.step_size' is set, but applies only with scheduler step"),
+        ("mlp_128_128", "gamma", 0.3, "'train.gamma' is set, but applies only with scheduler step or plateau"),
+        ("digits_cnn", "plateau_patience", 2, "'train.plateau_patience' is set, but applies only with scheduler "
+                                               "plateau"),
+    ],
+)  # fmt: skip
+def test_a_key_the_model_has_no_use_for_is_an_error(tmp_path, base, model: str, key: str, value, words: str):
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["train"].update({"model": model, key: value})
+
+    msg = load_error(write_variant(tmp_path, base, mutate))
+    assert words in msg and "remove it or set it to null" in msg and msg.count("\n  - ") == 1
+
+
+def test_a_key_that_applies_once_the_recipe_is_changed_is_accepted(tmp_path, base):
+    def mutate(raw: dict[str, Any]) -> None:
+        raw["train"].update(optimizer="sgd", momentum=0.8, scheduler="step", step_size=5, gamma=0.3)
+
+    p = params.load(write_variant(tmp_path, base, mutate)).train
+    assert (p.optimizer, p.momentum, p.scheduler, p.step_size, p.gamma) == ("sgd", 0.8, "step", 5, 0.3)
+
+
+def test_in_use_leaves_out_what_the_recipe_has_no_use_for() -> None:
+    cnn = params.in_use(params.zoo_model("digits_cnn", REPO_PARAMS))
+    assert {"width", "head", "lr", "augment", "seed"} <= set(cnn)
+    assert not {"hidden", "batchnorm", "momentum", "step_size", "gamma", "plateau_patience"} & set(cnn)
+    mlp = params.in_use(params.zoo_model("mlp_512_256_128", REPO_PARAMS))  # adam with a step scheduler
+    assert {"hidden", "dropout", "step_size", "gamma"} <= set(mlp)
+    assert not {"width", "head", "last_pool", "momentum", "plateau_patience"} & set(mlp)

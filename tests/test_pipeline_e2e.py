@@ -49,8 +49,11 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
 
     [r] = runs(project)
     assert r.info.status == "FINISHED"
-    params = yaml.safe_load((project / "params.yaml").read_text())["train"]
-    assert r.data.params["lr"] == str(params["lr"]) and r.data.params["model"] == params["model"]
+    trained = json.loads((project / "models/run.json").read_text())["params"]
+    assert yaml.safe_load((project / "params.yaml").read_text())["train"]["lr"] is None  # the recipe's lr ...
+    assert r.data.params["lr"] == str(trained["lr"]) == "0.005"  # ... is logged, and recorded with the model
+    assert r.data.params["width"] == str(trained["width"]) == "8"  # a key the test's params.yaml sets
+    assert r.data.params["model"] == trained["model"] == "digits_cnn" and "hidden" not in r.data.params
     assert r.data.metrics["test_accuracy"] == pytest.approx(evaluation["test_accuracy"])
     assert r.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert r.data.tags["data_md5.t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"

@@ -153,10 +153,11 @@ def test_every_zoo_model_in_params_yaml_validates(name):
     raw["train"]["model"] = name
     p = params.validate(raw).train
     assert p.model == name
-    for key, value in (raw["train"]["zoo"][name] or {}).items():
+    first = next(iter(raw["train"]["zoo"].values()))
+    for key, value in {**first, **(raw["train"]["zoo"][name] or {})}.items():
         got = getattr(p, key)
         assert (got.model_dump() if hasattr(got, "model_dump") else got) == (
-            {**raw["train"][key], **value} if isinstance(value, dict) else value
+            {**first[key], **value} if isinstance(value, dict) else value
         )
 
 
@@ -175,14 +176,15 @@ def test_every_zoo_model_builds_and_trains_one_epoch_on_tiny_data(name):
 
 def test_zoo_entry_overrides_only_what_it_names():
     raw = repo_params()
-    raw["train"]["zoo"] = {"tiny": {"epochs": 1, "augment": {"zoom": 0.0}}, "plain": None}
+    full = raw["train"]["zoo"]["digits_cnn"]
+    raw["train"]["zoo"] = {"full": full, "tiny": {"epochs": 1, "augment": {"zoom": 0.0}}, "plain": None}
     raw["train"]["model"] = "tiny"
     p = params.validate(raw).train
     assert p.epochs == 1 and p.augment.zoom == 0.0
-    assert p.augment.rotation_deg == raw["train"]["augment"]["rotation_deg"]
-    assert p.lr == raw["train"]["lr"]
-    raw["train"]["model"] = "plain"  # an entry with no keys: the train section as it is
-    assert params.validate(raw).train.epochs == raw["train"]["epochs"]
+    assert p.augment.rotation_deg == full["augment"]["rotation_deg"]
+    assert p.lr == full["lr"]
+    raw["train"]["model"] = "plain"  # an entry with no keys: the first recipe as it is
+    assert params.validate(raw).train.epochs == full["epochs"]
 
 
 def test_unknown_model_and_bad_zoo_keys_are_reported():

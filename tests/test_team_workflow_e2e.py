@@ -13,9 +13,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from helpers import BIN, clean_env, git_commit, mlflow_runs, run, stop_processes
 
+from digits import params
 from digits.files import md5_file
 
 pytestmark = pytest.mark.e2e
@@ -126,19 +128,51 @@ def check_new_runs(project: Path, before: int, lrs: set[str]) -> None:
     assert all(r.data.tags["dvc_exp_name"] in table for r in new) and "test_accuracy" in table
 
 
-def test_queued_experiments_run_two_at_a_time_into_the_same_store(baseline: Path):
-    before = len(mlflow_runs(baseline))
-    for lr in ("0.01", "0.003"):
-        run(["dvc", "exp", "run", "--queue", "-S", f"train.lr={lr}"], baseline)
-    start_queue(baseline, jobs=2)
+def run_queue(project: Path, jobs: int = 2) -> None:
+    """`dvc queue start -j JOBS`, wait until it is done, stop its workers; fail if a task failed."""
+    start_queue(project, jobs=jobs)
     try:
-        wait_for_queue(baseline)
+        wait_for_queue(project)
     finally:
-        killed = stop_queue(baseline)
+        killed = stop_queue(project)
     assert not killed, f"queue workers still running 60 s after `dvc queue stop` (killed): {killed}"
-    status = run(["dvc", "queue", "status"], baseline).stdout
-    assert "Failed" not in status, status
-    check_new_runs(baseline, before, {"0.01", "0.003"})
+    status = run(["dvc", "queue", "status"], project).stdout
+    assert "Failed" not in status, queue_report(project)
+
+
+def test_grid_sweep_queues_one_experiment_per_value_and_runs_two_at_a_time(baseline: Path):
+    """The README's sweep: DVC's grid syntax queues three experiments; the queue runs them into the one store."""
+    before = len(mlflow_runs(baseline))
+    queued = run(["dvc", "exp", "run", "--queue", "-S", "train.lr=0.001,0.003,0.01"], baseline).stdout
+    assert queued.count("Queued experiment") == 3, queued
+    run_queue(baseline)
+    check_new_runs(baseline, before, {"0.001", "0.003", "0.01"})
+
+
+def test_every_zoo_model_trains_with_the_lr_given_on_the_command_line(baseline: Path):
+    """`-S train.model=M -S train.lr=X` for every zoo model (a grid over the models, train stage only, 1 epoch):
+    `dvc exp show`, the MLflow run and the checkpoint all say X, and the rest of the recipe is M's."""
+    committed = yaml.safe_load((baseline / "params.yaml").read_text())
+    committed["train"]["width"] = None  # the grid's `train.width=null`: the test project sets width 8
+    zoo = list(committed["train"]["zoo"])
+    before = len(mlflow_runs(baseline))
+    run(["dvc", "exp", "run", "--queue", "train", "-S", f"train.model={','.join(zoo)}", "-S", "train.lr=0.0123",
+         "-S", "train.epochs=1", "-S", "train.width=null"], baseline)  # fmt: skip
+    run_queue(baseline)
+    new = mlflow_runs(baseline)[before:]
+    assert sorted(r.data.params["model"] for r in new) == sorted(zoo)
+    shown = shown_experiments(baseline)
+    for r in new:
+        name, model = r.data.tags["dvc_exp_name"], r.data.params["model"]
+        shown_train = shown[name]["params"]["params.yaml"]["data"]["train"]
+        assert (shown_train["model"], shown_train["lr"], r.data.params["lr"]) == (model, 0.0123, "0.0123")
+        recipe = params.validate({**committed, "train": {**committed["train"], "model": model}}).train
+        run(["dvc", "exp", "apply", name], baseline)
+        checkpoint = torch.load(baseline / "models/model.pt", weights_only=True)["params"]
+        assert checkpoint == recipe.model_dump() | {"lr": 0.0123, "epochs": 1}, model
+        assert r.data.params.get("width") == (str(recipe.width) if recipe.arch == "cnn" else None)
+    run(["git", "checkout", "--", "."], baseline)
+    run(["dvc", "checkout", "--force"], baseline)
 
 
 def test_run_all_runs_what_is_queued(baseline: Path):

@@ -16,6 +16,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from digits.errors import UserError
+from digits.params import ARCHITECTURE_KEYS
 
 
 class Standardize(nn.Module):
@@ -89,10 +90,6 @@ def cnn(
 
 
 ARCHITECTURES = {"mlp": mlp, "cnn": cnn}
-ARCHITECTURE_KEYS = {
-    "mlp": ("hidden", "dropout", "batchnorm"),
-    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout", "last_width", "last_pool"),
-}
 
 
 def build(arch: str, mean: float, std: float, init: str = "default", **kwargs: Any) -> nn.Sequential:

@@ -45,7 +45,7 @@ class AugmentParams(Section):
 
 
 class TrainParams(Section):
-    model: str  # the name of the entry of ``train.zoo`` whose keys are applied on top of these
+    model: str  # the entry of ``train.zoo`` whose recipe these are (with the keys params.yaml sets applied)
     arch: Literal["mlp", "cnn"]
     hidden: list[Annotated[int, Field(ge=1)]] = [128, 128]
     batchnorm: bool = False
@@ -54,7 +54,7 @@ class TrainParams(Section):
     depth: Annotated[int, Field(ge=1, le=4)] = 1
     head: Annotated[int, Field(ge=0)] = 0
     block_dropout: Fraction = 0.0
-    last_width: Annotated[int, Field(ge=1)] | None = None  # cnn: channels of the last stage (None: width·2^(stages−1))
+    last_width: Annotated[int, Field(ge=0)] = 0  # cnn: channels of the last stage (0: width·2^(stages−1))
     last_pool: Literal["floor", "ceil", "none"] = "floor"  # cnn: the last stage's 2×2 max-pool (7 px → 3, 4 or 7)
     dropout: Fraction = 0.0
     init: Literal["default", "xavier"] = "default"
@@ -69,9 +69,9 @@ class TrainParams(Section):
     gamma: Annotated[float, Field(gt=0, le=1)] = 0.5
     plateau_patience: Annotated[int, Field(ge=0)] = 3
     label_smoothing: Fraction = 0.0
-    early_stopping_patience: Annotated[int, Field(ge=1)] | None = None
+    early_stopping_patience: Annotated[int, Field(ge=0)] = 0  # 0: off
     augment: AugmentParams = AugmentParams()
-    ema_decay: Annotated[float, Field(gt=0, lt=1)] | None = None
+    ema_decay: Annotated[float, Field(ge=0, lt=1)] = 0.0  # 0: off
     seed: int
     device: Literal["auto", "cpu", "cuda", "mps"] = "auto"
     deterministic: bool = True
@@ -148,31 +148,89 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
     return out
 
 
-def _apply_zoo(train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
-    """Apply ``train.zoo[train.model]`` over the train keys; check every zoo entry. Returns (train, problems)."""
-    train = dict(train)
-    zoo = train.pop("zoo", None) or {}
-    if not isinstance(zoo, dict):
-        return train, ["'train.zoo' must map model names to train keys"]
-    zoo = {name: {} if entry is None else entry for name, entry in zoo.items()}  # `name:` alone = no overrides
+ARCHITECTURE_KEYS = {  # the train keys that define each architecture (stored in checkpoints to rebuild it)
+    "mlp": ("hidden", "dropout", "batchnorm"),
+    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout", "last_width", "last_pool"),
+}
+ONLY_WITH = {  # train keys that mean something only with one of these values of another key
+    "momentum": ("optimizer", ("sgd",)),
+    "step_size": ("scheduler", ("step",)),
+    "gamma": ("scheduler", ("step", "plateau")),
+    "plateau_patience": ("scheduler", ("plateau",)),
+}
+
+
+def explicit_keys(section: dict[str, Any], schema: type[BaseModel]) -> dict[str, Any]:
+    """The keys of a params section that are set, i.e. not null (nested sections such as ``augment`` included),
+    and every key the schema does not know, null or not (so that it is reported)."""
+    out = {}
+    for key, value in section.items():
+        field = schema.model_fields.get(key)
+        if field is None:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
+            if inner := explicit_keys(value, field.annotation):
+                out[key] = inner
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def _unused_keys(explicit: dict[str, Any], train: dict[str, Any]) -> list[str]:
+    """The explicitly set keys that the resolved recipe ``train`` has no use for."""
     problems = []
-    for name, overrides in zoo.items():
-        if not isinstance(overrides, dict) or {"model", "zoo"} & set(overrides):
+    arch = train.get("arch")
+    for key in explicit:
+        owners = [a for a, keys in ARCHITECTURE_KEYS.items() if key in keys]
+        if owners and arch in ARCHITECTURE_KEYS and arch not in owners:
+            problems.append(f"'train.{key}' is set, but applies to {'/'.join(owners)} models only; "
+                            f"model {train.get('model')!r} is {arch!r}: remove it or set it to null")  # fmt: skip
+        if key in ONLY_WITH and train.get(ONLY_WITH[key][0]) not in ONLY_WITH[key][1]:
+            other, values = ONLY_WITH[key]
+            problems.append(f"'train.{key}' is set, but applies only with {other} {' or '.join(values)}; "
+                            f"model {train.get('model')!r} uses {other} {train.get(other)!r}: remove it or set it "
+                            f"to null")  # fmt: skip
+    return problems
+
+
+def in_use(p: TrainParams) -> dict[str, Any]:
+    """The train params as a dict without the keys the recipe has no use for (the other architecture's keys,
+    ``momentum`` without sgd, ...): what MLflow logs."""
+    unused = {k for keys in ARCHITECTURE_KEYS.values() for k in keys} - set(ARCHITECTURE_KEYS[p.arch])
+    unused |= {k for k, (key, values) in ONLY_WITH.items() if getattr(p, key) not in values}
+    return {k: v for k, v in p.model_dump().items() if k not in unused}
+
+
+def _apply_zoo(train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """Resolve the train section: ``train.zoo[train.model]`` (the first entry, then what this one changes), then
+    every key the section sets (not null). Every zoo entry is checked. Returns (train, problems)."""
+    zoo = train.get("zoo") or {}
+    if not isinstance(zoo, dict) or not zoo:
+        return train, ["'train.zoo' must map model names to recipes (train keys), the first one complete"]
+    zoo = {name: {} if entry is None else entry for name, entry in zoo.items()}  # `name:` alone = the first recipe
+    explicit = explicit_keys({k: v for k, v in train.items() if k not in ("model", "zoo")}, TrainParams)
+    first = next(iter(zoo.values()))
+    if not isinstance(first, dict):
+        return train, [f"'train.zoo.{next(iter(zoo))}' (the first recipe) must be a mapping of train keys"]
+    problems = []
+    for name, entry in zoo.items():
+        if not isinstance(entry, dict) or {"model", "zoo"} & set(entry):
             problems.append(f"'train.zoo.{name}' must be a mapping of train keys (other than model/zoo)")
             continue
         try:
-            TrainParams.model_validate(_merge(train, overrides) | {"model": name})
-        except ValidationError as exc:  # report only what the entry itself sets; base errors come later
-            own = [e for e in exc.errors() if e["loc"][0] in overrides]
+            TrainParams.model_validate(_merge(_merge(first, entry), explicit) | {"model": name})
+        except ValidationError as exc:  # report only what the entry itself sets; the others are reported below
+            own = [e for e in exc.errors() if e["loc"][0] in entry and e["loc"][0] not in explicit]
             problems += [_describe(e, TrainParams, ("train", "zoo", str(name))) for e in own]
     name = train.get("model")
     if name is None:  # reported by the schema as a missing key
-        return train, problems
+        return explicit, problems
     if name not in zoo:
-        choices = ", ".join(map(str, zoo)) or "none defined"
+        choices = ", ".join(map(str, zoo))
         problems.append(f"'train.model' = {name!r} is not in train.zoo; choose one of: {choices}")
-        return train, problems
-    return (_merge(train, zoo[name]) if isinstance(zoo[name], dict) else train), problems
+        return explicit | {"model": name}, problems
+    resolved = _merge(_merge(first, zoo[name]) if isinstance(zoo[name], dict) else first, explicit) | {"model": name}
+    return resolved, problems + _unused_keys(explicit, resolved)
 
 
 def validate(raw: Any, source: str = "params") -> Params:
