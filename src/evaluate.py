@@ -91,7 +91,8 @@ def main() -> None:
           f"top-2 {result['test_top2_accuracy']:.4f}, loss {result['test_loss']:.4f}, ECE {ece:.4f}; "
           f"robustness {len(robust) - 1} conditions in {robustness_seconds:.1f} s; save/load identical")  # fmt: skip
 
-    with tracking.resume_run(run_info["run_id"]):
+    with tracking.evaluation_run(run_info["run_id"]) as run:
+        tracking.log_datasets({"testing": args.test_file})
         mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, int | float)})
         mlflow.log_metrics({f"test_macro_{k.replace('-score', '')}": v for k, v in result["macro_avg"].items()})
         mlflow.log_metrics({f"test_weighted_{k.replace('-score', '')}": v for k, v in result["weighted_avg"].items()})
@@ -102,6 +103,8 @@ def main() -> None:
             mlflow.log_artifact(str(fig_dir / f"{name}.png"), "figures")
         for name in PLOT_DATA:
             mlflow.log_artifact(str(plots / f"{name}.csv"), "metrics/plots")
+        evaluation_run = {"run_id": run.info.run_id, "evaluates": run_info["run_id"]}
+        files.write_json(model_dir / "evaluation_run.json", evaluation_run)
 
 
 if __name__ == "__main__":

@@ -26,7 +26,8 @@ def main() -> None:
     metrics_dir, out, zoo_path = Path(args.metrics_dir), Path(args.out), Path(args.zoo_csv)
 
     run = files.read_json(Path(args.model_dir) / "run.json", "train")
-    tracking.require_run(run["run_id"])
+    evaluation = files.read_json(Path(args.model_dir) / "evaluation_run.json", "evaluate")
+    tracking.require_run(evaluation["run_id"])
     train = files.read_json(metrics_dir / "train.json", "train")
     ev = files.read_json(metrics_dir / "evaluate.json", "evaluate")
     details = files.read_json(metrics_dir / "evaluation.json", "evaluate")
@@ -36,12 +37,13 @@ def main() -> None:
             raise UserError(f"{path}: not found; run the {FIGURES[name]} stage (dvc repro {FIGURES[name]})")
     zoo_rows = files.read_csv(zoo_path, "model-zoo") if zoo_path.is_file() else None
     baseline = {k: committed_json(p.baseline_rev, metrics_dir / f"{k}.json") for k in ("evaluate", "train")}
-    parts = sections(run, train, ev, details, figs, baseline, p.baseline_rev, zoo_rows, zoo_path)
+    parts = sections({**run, "evaluation_run_id": evaluation["run_id"]}, train, ev, details, figs, baseline,
+                     p.baseline_rev, zoo_rows, zoo_path)  # fmt: skip
     html_out = out.with_suffix(".html")
     files.write_text(out, markdown(p.title, parts, out))
     files.write_text(html_out, html_page(p.title, parts))
     print(f"wrote {out} and {html_out} ({len(figs)} figures)")
-    with tracking.resume_run(run["run_id"]):
+    with tracking.resume_run(evaluation["run_id"]):  # the run holding the metrics this report shows
         mlflow.log_artifact(str(out), "report")
         mlflow.log_artifact(str(html_out), "report")
 

@@ -56,13 +56,15 @@ def main() -> None:
     md5_tags = {f"data_md5.{k}": v for k, v in stats["raw_md5"].items()}
     tags = {"device": device.describe(dev), **md5_tags}
     continue_run_id = state and state["run_id"]
-    with tracking.start_run("train", tags, continue_run_id=continue_run_id) if main_rank else nullcontext() as run:
+    start = tracking.start_run(tracking.run_name(p.model), tags, continue_run_id=continue_run_id, system_metrics=True)
+    with start if main_rank else nullcontext() as run:
         if state is not None:
             resume.announce(state, store, run.info.run_id, p.epochs)
         if main_rank:
             sizes = {"train_size": len(train_split), "val_size": len(val_split), "world_size": distributed.world_size()}
             mlflow.log_params({**tracking.flat_params(params.in_use(p)), "n_parameters": n_params,
                                "device": device.describe(dev), **sizes})  # fmt: skip
+            tracking.log_datasets({"training": data_dir / "train.pt", "validation": data_dir / "val.pt"})
 
         def on_epoch(e: training.Epoch) -> None:
             if not main_rank:

@@ -18,7 +18,7 @@ from digits.params import AugmentParams, TrainParams
 
 ARCH: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": [32, 16], "dropout": 0.0, "batchnorm": False},
-    "cnn": {"width": 8, "dropout": 0.0, "depth": 1, "head": 0, "stages": 3, "block_dropout": 0.0, "last_width": None,
+    "cnn": {"width": 8, "dropout": 0.0, "depth": 1, "head": 0, "stages": 3, "block_dropout": 0.0, "last_width": 0,
             "last_pool": "floor"},
 }
 

@@ -3,8 +3,6 @@ the in-memory model does."""
 
 from __future__ import annotations
 
-import os
-
 import mlflow
 import torch
 from torch import nn
@@ -19,7 +17,6 @@ class SaveLoadError(UserError, RuntimeError):
 def logged_model(run_id: str) -> nn.Module:
     """The model the train stage logged to MLflow run ``run_id`` (``runs:/<id>/model``), on the CPU."""
     uri = f"runs:/{run_id}/model"
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in stage logs
     try:
         return mlflow.pytorch.load_model(uri, map_location="cpu")
     except mlflow.exceptions.MlflowException as exc:

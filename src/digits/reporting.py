@@ -187,6 +187,8 @@ def sections(
     tags, pct = run["tags"], lambda v: f"{v:.2%}"
     identity = [
         ["MLflow run", f"`{run['run_id']}` (experiment {run['experiment_id']})"],
+        *([["evaluated in MLflow run", f"`{run['evaluation_run_id']}` (nested under the one above)"]]
+          if run.get("evaluation_run_id", run["run_id"]) != run["run_id"] else []),
         ["git commit", f"`{tags.get('git_commit', 'unknown')}`" + (" (dirty)" * (tags.get("git_dirty") == "true"))],
         ["DVC experiment", tags.get("dvc_exp_name", "— (workspace run)")],
         ["device", run["device"]],

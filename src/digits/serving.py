@@ -104,10 +104,11 @@ def signature() -> ModelSignature:
 
 
 def log_model(checkpoint: str | Path, input_example: np.ndarray, name: str = "pyfunc_model"):
-    """Log the pyfunc model into the active run (the ``digits`` package shipped with it); returns ModelInfo."""
+    """Log the pyfunc model into the active run (the ``digits`` package shipped with it); returns ModelInfo.
+    The model is logged from code (``served_model.py``), not as a pickled object."""
     return mlflow.pyfunc.log_model(
         name=name,
-        python_model=DigitsModel(),
+        python_model=str(Path(__file__).with_name("served_model.py")),
         artifacts={"checkpoint": str(checkpoint)},
         code_paths=[str(Path(__file__).parent)],
         signature=signature(),

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
+import logging
+import os
 import signal
 import sys
 import time
@@ -40,6 +42,16 @@ def keep_freed_memory() -> bool:
         (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)))  # fmt: skip
 
 
+def quiet_libraries() -> None:
+    """Keep library chatter that says nothing about this run out of the stage logs."""
+    # torch's C++-extension module warns on import, whenever nvcc is on PATH and no CUDA GPU is usable (a CUDA
+    # toolkit on a CPU machine): "No CUDA runtime is found, using CUDA_HOME=...". Inductor imports it to compile.
+    logging.getLogger("torch.utils.cpp_extension").setLevel(logging.ERROR)
+    # MLflow's system-metrics monitor announces every start and stop (and "Skip logging GPU metrics") at INFO
+    logging.getLogger("mlflow.system_metrics").setLevel(logging.WARNING)
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no download bars in stage logs
+
+
 def _interrupt(signum: int, frame: object) -> None:
     signal.signal(signum, signal.SIG_DFL)  # a second signal ends the process the default way
     raise Interrupted(signum)
@@ -55,6 +67,7 @@ def run(main: Callable[[], None]) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
     keep_freed_memory()
+    quiet_libraries()
     start = time.perf_counter()
     try:
         main()

@@ -4,6 +4,7 @@ runs that end with an honest status, and a store that several processes may crea
 from __future__ import annotations
 
 import contextlib
+import copy
 import fcntl
 import http.client
 import os
@@ -16,12 +17,17 @@ from typing import Any
 
 import mlflow
 import torch
+from mlflow.data.dataset_source import DatasetSource
+from mlflow.data.meta_dataset import MetaDataset
 from torch import nn
 
+from digits import files
 from digits.errors import UserError
 
 EXPERIMENT = "digits"
 EXP_TMP_PARTS = (".dvc", "tmp", "exps")
+# MLflow 3's UI opens an experiment of this kind on its runs table (without it, on the GenAI overview of traces)
+EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
 def project_root(start: str | Path | None = None) -> Path:
@@ -93,13 +99,16 @@ def experiment_id(name: str | None = None) -> str:
     mlflow.set_tracking_uri(uri)
     with store_lock():
         exp = mlflow.get_experiment_by_name(name)
-        if exp is not None:
-            return exp.experiment_id
-        location = artifact_location() if uri.startswith("sqlite:") else None
-        try:
-            return mlflow.create_experiment(name, artifact_location=location)
-        except mlflow.exceptions.MlflowException:  # a tracking server: another process created it first
-            return mlflow.get_experiment_by_name(name).experiment_id
+        if exp is None:
+            location = artifact_location() if uri.startswith("sqlite:") else None
+            try:
+                return mlflow.create_experiment(name, artifact_location=location, tags=EXPERIMENT_KIND)
+            except mlflow.exceptions.MlflowException:  # a tracking server: another process created it first
+                exp = mlflow.get_experiment_by_name(name)
+        if any(exp.tags.get(k) != v for k, v in EXPERIMENT_KIND.items()):  # a store from before the kind was set
+            for key, value in EXPERIMENT_KIND.items():
+                mlflow.MlflowClient().set_experiment_tag(exp.experiment_id, key, value)
+        return exp.experiment_id
 
 
 def _git(*args: str) -> str | None:
@@ -180,21 +189,81 @@ def run_exists(run_id: str) -> bool:
     return True
 
 
+def run_name(label: str) -> str:
+    """A run's name: the DVC experiment's name under ``dvc exp run``; else ``label@<short git revision>`` (with
+    ``+changes`` when the inputs differ from that commit), so workspace runs can be told apart."""
+    if os.environ.get("DVC_EXP_NAME"):
+        return os.environ["DVC_EXP_NAME"]
+    tags = identity()
+    if "git_commit" not in tags:
+        return label
+    return f"{label}@{tags['git_commit'][:7]}" + ("+changes" if tags["git_dirty"] == "true" else "")
+
+
 def start_run(
-    run_name: str, tags: dict[str, str], continue_run_id: str | None = None
+    name: str,
+    tags: dict[str, str],
+    continue_run_id: str | None = None,
+    parent_run_id: str | None = None,
+    system_metrics: bool = False,
 ) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
-    """Start a run in the project experiment, tagged with ``identity()`` and ``tags``; a context manager that ends
-    it with an honest status. ``continue_run_id``: reopen that run instead if the store still has it (a resumed
-    training run)."""
+    """Start a run named ``name`` in the project experiment, tagged with ``identity()`` and ``tags``; a context
+    manager that ends it with an honest status. ``continue_run_id``: reopen that run instead if the store still has
+    it (a resumed training run). ``parent_run_id``: nest the run under that one. ``system_metrics``: sample CPU,
+    memory (and GPU where present) into the run while it is open."""
     exp = experiment_id()
     end_orphaned_runs(exp)
     tags = {**identity(), **tags, **_owner()}
     if continue_run_id and run_exists(continue_run_id):
-        active = mlflow.start_run(run_id=continue_run_id)
+        active = mlflow.start_run(run_id=continue_run_id, log_system_metrics=system_metrics)
         mlflow.set_tags(tags)
     else:
-        active = mlflow.start_run(experiment_id=exp, run_name=os.environ.get("DVC_EXP_NAME") or run_name, tags=tags)
+        active = mlflow.start_run(experiment_id=exp, run_name=name, tags=tags, parent_run_id=parent_run_id,
+                                  nested=parent_run_id is not None, log_system_metrics=system_metrics)  # fmt: skip
     return _recorded(active)
+
+
+class DVCDatasetSource(DatasetSource):
+    """A file that DVC tracks in this repository, at a git revision: ``dvc get <repo> PATH --rev REV`` fetches it."""
+
+    def __init__(self, path: str, rev: str | None = None) -> None:
+        self.path, self.rev = path, rev
+
+    @staticmethod
+    def _get_source_type() -> str:
+        return "dvc"
+
+    def load(self) -> str:
+        """The file's path in this checkout."""
+        return str(project_root() / self.path)
+
+    @staticmethod
+    def _can_resolve(raw_source: Any) -> bool:
+        return False
+
+    @classmethod
+    def _resolve(cls, raw_source: Any) -> DVCDatasetSource:
+        return cls(str(raw_source))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "rev": self.rev}
+
+    @classmethod
+    def from_dict(cls, source_dict: dict[Any, Any]) -> DVCDatasetSource:
+        return cls(source_dict["path"], source_dict.get("rev"))
+
+
+def log_datasets(splits: dict[str, str | Path]) -> None:
+    """Log data files as the active run's dataset inputs, {context: path}: named ``mnist-<file stem>``, the digest
+    the first 8 hex digits of the file's MD5 (all of it in the input's ``md5`` tag), the source its DVC path."""
+    rev = identity().get("git_commit")
+    for context, path in splits.items():
+        path = Path(path)
+        md5 = files.md5_file(path)
+        with contextlib.suppress(ValueError):
+            path = path.resolve().relative_to(project_root())
+        dataset = MetaDataset(DVCDatasetSource(path.as_posix(), rev), name=f"mnist-{path.stem}", digest=md5[:8])
+        mlflow.log_input(dataset, context=context, tags={"md5": md5})
 
 
 def require_run(run_id: str) -> None:
@@ -202,6 +271,18 @@ def require_run(run_id: str) -> None:
     if not run_exists(run_id):
         raise UserError(f"MLflow run {run_id} (from the train stage) is not in {tracking_uri()}; re-run training "
                         "against this store: dvc repro -f train")
+
+
+def evaluation_run(train_run_id: str) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
+    """The run evaluate logs to. The first evaluation of a model goes into its train run. A later one (the train
+    run already has test metrics, e.g. `dvc exp run -S evaluate.seed=1`, where DVC keeps the trained model) gets
+    its own run, nested under the train run and tagged ``evaluates_run``: it never rewrites another run's results."""
+    require_run(train_run_id)
+    train_run = mlflow.MlflowClient().get_run(train_run_id)
+    if "test_accuracy" not in train_run.data.metrics:
+        return resume_run(train_run_id)
+    name = os.environ.get("DVC_EXP_NAME") or f"{train_run.info.run_name} (evaluate)"
+    return start_run(name, {"evaluates_run": train_run_id}, parent_run_id=train_run_id)
 
 
 def resume_run(run_id: str) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
@@ -224,7 +305,9 @@ def log_model(model: nn.Module, example: torch.Tensor) -> None:
     """Log ``model`` (moved to CPU, eval mode) as the active run's MLflow PyTorch model ``model``: signature and
     input example from ``example``, the ``digits`` package as code, and the torch and mlflow versions pinned."""
     example = example.cpu()
-    model.cpu().eval()
+    # contiguous weights: torch.export cannot locate channels_last conv weights in their storage when it packs
+    # the model, and warns "No complete tensor found in the group!" for each
+    model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
         signature = mlflow.models.infer_signature(example.numpy(), model(example).numpy())
     mlflow.pytorch.log_model(
