@@ -49,7 +49,10 @@ case $task in
     repro) setup; PATH="$root/.venv/bin:$PATH" exec dvc repro "$@" ;;
     # one pytest-xdist worker per CPU, each running whole modules (their fixtures built once); `test -n 0`: one process
     test)  setup; actionlint_setup; PATH="$root/.venv/bin:$PATH" exec python -m pytest -n auto --dist loadfile "$@" ;;
-    ui)    setup; exec .venv/bin/mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}" \
+    ui)    setup
+           url=$(.venv/bin/python -c "from digits import tracking; print(tracking.runs_url('http://127.0.0.1:${PORT:-5000}'))")
+           echo "MLflow UI; the training runs: $url" >&2
+           exec .venv/bin/mlflow ui --backend-store-uri "${MLFLOW_TRACKING_URI:-sqlite:///$root/mlflow.db}" \
                --host 127.0.0.1 --port "${PORT:-5000}" ;;
     app)   setup; PATH="$root/.venv/bin:$PATH" exec digits-app "$@" ;;
     review) setup; PATH="$root/.venv/bin:$PATH" exec python scripts/pr_report.py "${1:-main}" "${@:2}" ;;

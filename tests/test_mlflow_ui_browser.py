@@ -1,6 +1,6 @@
 """The MLflow UI on a project store, seen in a real headless Chromium: the documented `bash scripts/dev.sh ui`
-serves it on a free loopback port; the experiment's runs table shows each run's `lr` and test accuracy, and the
-compare view of the runs opens. Screenshots go to the test's tmp_path."""
+serves it on a free loopback port; the experiment opens on its runs table, which shows each run's `lr`, test
+accuracy and training dataset, and the compare view of the runs opens. Screenshots go to the test's tmp_path."""
 
 from __future__ import annotations
 
@@ -12,21 +12,30 @@ import mlflow
 import pytest
 from helpers import BIN, CHROMIUM_FLAGS, REPO, chromium, closed_port, served, store_uri
 
+from digits import tracking
+
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 RUNS = {"exp-brisk-lr": ("0.01", 0.9731), "exp-gentle-lr": ("0.003", 0.9512)}  # run name: (lr, test accuracy)
 
 
 @pytest.fixture
-def store(tmp_path) -> tuple[str, dict[str, str]]:
-    """A sqlite MLflow store holding two finished runs of the `digits` experiment; (experiment id, name -> run id)."""
-    client = mlflow.MlflowClient(tracking_uri=store_uri(tmp_path))
-    exp = client.create_experiment("digits", artifact_location=(tmp_path / "mlartifacts").as_uri())
+def store(tmp_path, monkeypatch) -> tuple[str, dict[str, str]]:
+    """A sqlite store made as the stages make it (tracking.experiment_id: a model-training experiment), holding two
+    finished runs with their data splits as dataset inputs; (experiment id, name -> run id)."""
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", store_uri(tmp_path))
+    monkeypatch.chdir(tmp_path)  # the project root: artifacts under ./mlartifacts, dataset paths relative to it
+    for split in ("train", "val"):
+        (tmp_path / "data/processed").mkdir(parents=True, exist_ok=True)
+        (tmp_path / f"data/processed/{split}.pt").write_bytes(split.encode())
+    exp = tracking.experiment_id()
+    client = mlflow.MlflowClient()
     ids = {}
     for name, (lr, accuracy) in RUNS.items():
         run = client.create_run(exp, run_name=name, tags={"dvc_exp_name": name})
         client.log_param(run.info.run_id, "lr", lr)
         client.log_metric(run.info.run_id, "test_accuracy", accuracy)
-        client.set_terminated(run.info.run_id)
+        with mlflow.start_run(run_id=run.info.run_id):
+            tracking.log_datasets({"training": "data/processed/train.pt", "validation": "data/processed/val.pt"})
         ids[name] = run.info.run_id
     return exp, ids
 
@@ -54,9 +63,15 @@ def test_runs_with_lr_and_accuracy_are_visible_and_compare_opens(ui: str, store,
         page = browser.new_page(viewport={"width": 2000, "height": 900})
         page.set_default_timeout(90_000)  # the React app's first render is slow on a loaded machine
 
-        page.goto(f"{ui}/#/experiments/{experiment_id}/runs")
+        link = tracking.runs_url(ui)  # what `bash scripts/dev.sh ui` prints
+        if (REPO / ".venv/bin/mlflow").exists():
+            assert f"MLflow UI; the training runs: {link}" in (tmp_path / "ui.log").read_text()
+        page.goto(link)
         for name in RUNS:
             page.get_by_role("link", name=name).wait_for()
+        assert f"/experiments/{experiment_id}/runs?" in page.url, page.url  # the training runs, not GenAI's overview
+        page.get_by_role("button", name="Model training").wait_for()
+        page.screenshot(path=tmp_path / "landing.png")
         close_assistant = page.get_by_role("button", name="Close", exact=True)  # MLflow 3's chat panel takes room
         if close_assistant.count() == 1:
             close_assistant.click()
@@ -72,6 +87,8 @@ def test_runs_with_lr_and_accuracy_are_visible_and_compare_opens(ui: str, store,
             row = page.locator(f"[role=row][row-id='{run_ids[name]}']")
             text = " ".join(row.all_inner_texts()).split()
             assert name in text and lr in text and str(accuracy) in text, (name, text)
+            assert "mnist-train" in text, (name, text)  # the Dataset column: the run's training split
+        page.get_by_role("columnheader").filter(has_text="Dataset").first.wait_for()
         page.screenshot(path=tmp_path / "runs.png")
 
         for name in RUNS:
@@ -91,4 +108,4 @@ def test_runs_with_lr_and_accuracy_are_visible_and_compare_opens(ui: str, store,
         page.get_by_text("Show diff only").last.scroll_into_view_if_needed()
         page.screenshot(path=tmp_path / "compare.png")
         browser.close()
-    print(f"screenshots: {tmp_path / 'runs.png'} {tmp_path / 'compare.png'}")
+    print(f"screenshots: {tmp_path / 'landing.png'} {tmp_path / 'runs.png'} {tmp_path / 'compare.png'}")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -12,6 +13,8 @@ import torch
 import yaml
 from helpers import REPO, git_project, run, small_data, store_uri
 from helpers import mlflow_runs as runs
+
+from digits.files import md5_file
 
 pytestmark = pytest.mark.e2e
 
@@ -28,7 +31,9 @@ PNGS = ("class_distribution", "samples", "training_curves", "confusion_matrix", 
 
 
 def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
-    out = run(["dvc", "repro"], project).stdout
+    repro = run(["dvc", "repro"], project, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")  # samples in a short run
+    out = repro.stdout
+    assert not re.search("warning|CUDA_HOME|Downloading artifacts", repro.stderr, re.IGNORECASE), repro.stderr
     for stage in ("download", "preprocess", "train", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
     for rel in ("data/raw/train-images-idx3-ubyte", "data/processed/train.pt", "data/processed/stats.json",
@@ -65,6 +70,20 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
     [logged] = [m for m in client.search_logged_models(experiment_ids=[r.info.experiment_id]) if m.name == "model"]
     assert logged.source_run_id == r.info.run_id
     assert json.loads((project / "models/run.json").read_text())["run_id"] == r.info.run_id
+
+    # MLflow as its users expect it: a model-training experiment, a name that tells workspace runs apart, the
+    # data splits as dataset inputs, system metrics
+    assert client.get_experiment(r.info.experiment_id).tags["mlflow.experimentKind"] == "custom_model_development"
+    assert r.info.run_name == f"digits_cnn@{r.data.tags['git_commit'][:7]}"
+    inputs = {i.dataset.name: i for i in r.inputs.dataset_inputs}
+    assert sorted(inputs) == ["mnist-test", "mnist-train", "mnist-val"]
+    for split, context in (("train", "training"), ("val", "validation"), ("test", "testing")):
+        dataset, tags = inputs[f"mnist-{split}"].dataset, {t.key: t.value for t in inputs[f"mnist-{split}"].tags}
+        md5 = md5_file(project / f"data/processed/{split}.pt")
+        assert (dataset.digest, tags["md5"], tags["mlflow.data.context"]) == (md5[:8], md5, context)
+        assert dataset.source_type == "dvc"
+        assert json.loads(dataset.source) == {"path": f"data/processed/{split}.pt", "rev": r.data.tags["git_commit"]}
+    assert {"system/cpu_utilization_percentage", "system/system_memory_usage_megabytes"} <= set(r.data.metrics)
 
     run(["dvc", "plots", "show", "-o", "plots_html"], project)
     html = (project / "plots_html" / "index.html").read_text()
@@ -115,6 +134,28 @@ def test_plots_diff_between_two_experiments(project: Path):
     out = run(["dvc", "plots", "diff", first, second, "-o", "diff_html"], project)
     assert (project / "diff_html" / "index.html").is_file(), out.stdout
     shutil.rmtree(project / "diff_html")
+
+
+def test_an_evaluate_only_experiment_gets_its_own_run_nested_under_the_train_run(project: Path):
+    """`-S evaluate.seed=2` keeps the trained model (DVC skips train): the new evaluation goes into a new run,
+    nested under the train run, which keeps its own results."""
+    train_run_id = json.loads((project / "models/run.json").read_text())["run_id"]
+    client = mlflow.MlflowClient(tracking_uri=store_uri(project))
+    train_metrics = client.get_run(train_run_id).data.metrics
+    before = len(runs(project))
+    out = run(["dvc", "exp", "run", "-S", "evaluate.seed=2"], project).stdout
+    assert "Running stage 'evaluate'" in out and "Running stage 'train'" not in out
+    [new] = runs(project)[before:]
+    assert new.data.tags["evaluates_run"] == new.data.tags["mlflow.parentRunId"] == train_run_id
+    assert new.info.run_name == new.data.tags["dvc_exp_name"] and new.info.status == "FINISHED"
+    assert "robustness_mean" in new.data.metrics and [i.dataset.name for i in new.inputs.dataset_inputs] == [
+        "mnist-test"]
+    assert client.get_run(train_run_id).data.metrics == train_metrics  # nothing rewritten in the train run
+    assert json.loads((project / "models/evaluation_run.json").read_text()) == {
+        "run_id": new.info.run_id, "evaluates": train_run_id}
+    assert {a.path for a in client.list_artifacts(new.info.run_id, "report")} == {"report/report.md",
+                                                                                   "report/report.html"}
+    assert f"evaluated in MLflow run | `{new.info.run_id}`" in (project / "reports/report.md").read_text()
 
 
 def test_temp_experiment_logs_to_the_main_store(project: Path):

@@ -111,6 +111,13 @@ def experiment_id(name: str | None = None) -> str:
         return exp.experiment_id
 
 
+def runs_url(ui: str) -> str:
+    """The MLflow UI's page of the project experiment's training runs, ``ui`` its base URL. MLflow 3.17's UI opens
+    an experiment on its GenAI overview unless the browser remembers its "Model training" switch (it ignores the
+    experiment's kind): the link sets the switch."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id()}/runs?workflowType=machine_learning"
+
+
 def _git(*args: str) -> str | None:
     try:
         out = subprocess.run(["git", *args], capture_output=True, text=True, timeout=10, check=True)
