@@ -133,7 +133,7 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     [
         ({"model": "resnet9000"}, "'train.model' = 'resnet9000' is not in train.zoo; choose one of: "),
         ({"arch": "resnet9000"}, "'train.arch' = 'resnet9000' is not allowed; choose one of 'mlp' or 'cnn'"),
-        ({"lr": None}, "missing key 'train.lr'"),
+        ({"hidden": [64]}, "'train.hidden' is set, but applies to mlp models only; model 'digits_cnn' is 'cnn'"),
         ({"lr": -0.1}, "'train.lr' = -0.1"),
         ({"epoch": 3}, "unknown key 'train.epoch'. Did you mean 'epochs'?"),
     ],
