@@ -27,7 +27,7 @@ import aiohttp
 import psutil
 from PIL import Image
 
-from digits import data, files
+from digits import data, device, files
 
 MiB = 1024 * 1024
 
@@ -97,8 +97,7 @@ def machine() -> str:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
     model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
                  platform.processor() or platform.machine())  # fmt: skip
-    isa = "AVX-512" if " avx512f" in info else "AVX2" if " avx2" in info else "no AVX2"
-    return f"{model}, {isa}, {psutil.cpu_count()} cores"
+    return f"{model}, {device.cpu_isa(info)}, {psutil.cpu_count()} cores"
 
 
 def memory(pid: int) -> tuple[float, float]:

@@ -2,9 +2,12 @@
 
 The new version of ``register.model_name`` is tagged with its test accuracy and loss, git commit, DVC experiment
 and data MD5s; it gets the alias ``champion`` if it matches or beats the current champion's test accuracy (ties
-broken by test loss), else ``challenger``. Writes METRICS_DIR/register.json with the decision and both scores.
-Running it again for a checkpoint of the same run that is registered already registers nothing and writes that
-version's recorded decision again.
+broken by test loss), else ``challenger``. The decision and both scores are kept in MLflow (the version's
+``promotion_decision`` tag; the run's ``registered_model`` and ``registry_alias`` tags) and written to
+MODEL_DIR/registered.json, a plain DVC output next to the checkpoint it describes, not a DVC metric: the version,
+the alias and the previous champion depend on the MLflow registry this machine uses, not on the code and data that
+branches are compared on. Running it again for a checkpoint of the same run that is registered already registers
+nothing and writes that version's recorded decision again.
 """
 
 from pathlib import Path
@@ -40,7 +43,7 @@ def main() -> None:
         decision = register_checkpoint(model_dir / "model.pt", args.test_file, run_info["run_id"], p.model_name,
                                        score, tags)  # fmt: skip
         print(decision.describe())
-    files.write_json(Path(args.metrics_dir) / "register.json", decision.as_dict())
+    files.write_json(model_dir / "registered.json", decision.as_dict())
 
 
 def register_checkpoint(

@@ -1,4 +1,4 @@
-"""digits.metrics on hand-computed cases, and digits.device on this (CPU-only) machine."""
+"""digits.metrics on hand-computed cases, and digits.device on this (CPU-only) machine and on fabricated CPU flags."""
 
 from __future__ import annotations
 
@@ -151,3 +151,43 @@ def test_available_cpus_in_range() -> None:
 
 def test_describe_cpu_reports_threads() -> None:
     assert device.describe(torch.device("cpu")) == f"cpu ({torch.get_num_threads()} threads)"
+
+
+def cpuinfo(*flags: str) -> str:
+    """A /proc/cpuinfo of two processors with ``flags``."""
+    block = f"processor\t: 0\nmodel name\t: Some CPU\nflags\t\t: fpu sse2 {' '.join(flags)} rdrand\n"
+    return f"{block}\n{block.replace(': 0', ': 1', 1)}"
+
+
+@pytest.mark.parametrize(
+    ("flags", "capability", "isa"),
+    [
+        (("avx2", "avx512f", "avx512bw"), "AVX512", "AVX-512"),
+        (("avx2",), "AVX2", "AVX2"),
+        (("avx2", "avx512f"), "AVX2", "AVX2 (imitated on AVX-512)"),  # ATEN_CPU_CAPABILITY=avx2 (scripts/avx2.env)
+        (("avx512_bf16", "avx2"), "AVX2", "AVX2"),  # another avx512 flag alone is not AVX-512 Foundation
+    ],
+)
+def test_cpu_isa_from_cpuinfo_flags_and_the_kernels_in_use(flags: tuple[str, ...], capability: str, isa: str):
+    assert device.cpu_isa(cpuinfo(*flags), capability) == isa
+
+
+def test_cpu_isa_without_avx2_is_the_architecture(monkeypatch):
+    monkeypatch.setattr(device.platform, "machine", lambda: "aarch64")
+    assert device.cpu_isa(cpuinfo("asimd", "sve"), "SVE256") == "aarch64"
+    assert device.cpu_isa("", "DEFAULT") == "aarch64"  # no /proc/cpuinfo (macOS)
+
+
+def test_machine_class_on_cpu_names_the_isa_and_the_usable_cores(monkeypatch):
+    here = device.machine_class(torch.device("cpu"))
+    assert here.startswith(f"CPU {device.cpu_isa()}, {device.available_cpus()} core")
+    monkeypatch.setattr(device, "available_cpus", lambda: 1)
+    monkeypatch.setattr(device, "cpu_isa", lambda: "AVX2")
+    assert device.machine_class(torch.device("cpu")) == "CPU AVX2, 1 core"
+    monkeypatch.setattr(device, "available_cpus", lambda: 16)
+    assert device.machine_class(torch.device("cpu")) == "CPU AVX2, 16 cores"
+
+
+def test_machine_class_on_cuda_names_the_gpu(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "NVIDIA H200")
+    assert device.machine_class(torch.device("cuda", 0)) == "CUDA NVIDIA H200"

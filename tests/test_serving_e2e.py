@@ -14,6 +14,7 @@ import mlflow
 import numpy as np
 import pytest
 import torch
+import yaml
 from helpers import REPO, clean_env, closed_port, git_project, request, run, served, small_data, store_uri
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -49,7 +50,7 @@ def test_set(project) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 
 def test_register_stage_tags_the_version_and_writes_the_decision(project, client):
-    decision = json.loads((project / "metrics" / "register.json").read_text())
+    decision = json.loads((project / "models" / "registered.json").read_text())
     evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
     run_info = json.loads((project / "models" / "run.json").read_text())
     assert decision == {
@@ -64,14 +65,26 @@ def test_register_stage_tags_the_version_and_writes_the_decision(project, client
     assert v.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert v.tags["data_md5.t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
     assert client.get_run(run_info["run_id"]).data.tags["registry_alias"] == "champion"
-    assert "metrics/register.json" in run(["dvc", "metrics", "show", "--json"], project).stdout
+    assert client.get_run(run_info["run_id"]).data.tags["registered_model"] == f"{NAME}/1"
+    assert json.loads(v.tags["promotion_decision"]) == decision
+
+
+def test_the_registry_decision_is_no_dvc_metric(project):
+    """Version, alias and previous champion depend on this machine's registry, not on the branch: DVC compares the
+    metrics of train and evaluate only; the decision is a cached output, git-ignored like models/run.json."""
+    shown = json.loads(run(["dvc", "metrics", "show", "--json"], project).stdout)[""]["data"]
+    assert set(shown) == {"metrics/train.json", "metrics/evaluate.json"}
+    assert not {"version", "alias", "previous_champion_version"} & {k for m in shown.values() for k in m["data"]}
+    lock = yaml.safe_load((project / "dvc.lock").read_text())["stages"]["register"]
+    assert [out["path"] for out in lock["outs"]] == ["models/registered.json"]
+    run(["git", "check-ignore", "-q", "models/registered.json"], project)
 
 
 def test_register_again_for_the_same_checkpoint_registers_nothing(project, client):
-    before = (project / "metrics" / "register.json").read_text()
+    before = (project / "models" / "registered.json").read_text()
     out = run(["dvc", "repro", "--force", "--single-item", "register"], project).stdout
     assert f"already registered: {NAME} v1" in out
-    assert (project / "metrics" / "register.json").read_text() == before
+    assert (project / "models" / "registered.json").read_text() == before
     assert [int(v.version) for v in client.search_model_versions(f"name = '{NAME}'")] == [1]
 
 
@@ -310,7 +323,7 @@ def test_cli_fuzzed_files_each_get_an_error_never_a_crash(project, image_files, 
 def test_second_registration_through_dvc_exp_run_applies_the_gate(project, client):
     first = client.get_model_version(NAME, "1")
     run(["dvc", "exp", "run", "-S", "train.lr=0.0005"], project)
-    decision = json.loads((project / "metrics" / "register.json").read_text())
+    decision = json.loads((project / "models" / "registered.json").read_text())
     evaluation = json.loads((project / "metrics" / "evaluate.json").read_text())
     new, old = registry.Score(evaluation["test_accuracy"], evaluation["test_loss"]), registry.version_score(first)
     expected = "champion" if registry.promotes(new, old) else "challenger"

@@ -204,6 +204,11 @@ def test_pr_report_shows_the_branch_changes_against_main(baseline: Path, tmp_pat
     report = (out_dir / "report.md").read_text()
     assert printed == str(out_dir / "report.md")
     assert report.startswith("<!-- digits-pr-review -->")
+    headline = next(line for line in report.splitlines() if line.startswith("| test accuracy |"))
+    assert re.split(r"\s*\|\s*", headline)[2:4] == [f"{base_accuracy:.2%}", f"{accuracy:.2%}"]
+    train_machine = json.loads((baseline / "metrics/train.json").read_text()).get("machine", "machine not recorded")
+    assert f"| training time (s), {train_machine} |" in report  # main and the branch ran on this machine
+    assert report.index(headline) < report.index("<details>")  # the headline first, the full diffs folded
     params_rows = [line for line in report.splitlines() if line.startswith("| params.yaml")]
     assert base_lr is None  # main leaves lr to the recipe: null, which `dvc params diff` shows as "-"
     assert [re.split(r"\s*\|\s*", row)[2:5] for row in params_rows] == [["train.lr", "-", "0.05"]]
@@ -224,6 +229,7 @@ def test_pr_report_shows_the_branch_changes_against_main(baseline: Path, tmp_pat
     report = (out_dir / "report.md").read_text()
     for nothing in ("No parameter changed.", "No metric changed.", "No figure changed."):
         assert nothing in report
+    assert "| test accuracy |" in report and "<details>" not in report
 
 
 def pr_report(project: Path, base: str, out_dir: Path) -> str:

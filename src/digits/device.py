@@ -1,8 +1,10 @@
-"""Pick the compute device (CUDA → MPS → CPU) and size the CPU thread pool to what the process may use."""
+"""Pick the compute device (CUDA → MPS → CPU), size the CPU thread pool to what the process may use, and name the
+class of machine that timings were measured on."""
 
 from __future__ import annotations
 
 import os
+import platform
 import sys
 from pathlib import Path
 
@@ -75,6 +77,34 @@ def describe(device: torch.device) -> str:
     if device.type == "cpu":
         return f"cpu ({torch.get_num_threads()} threads)"
     return device.type
+
+
+def cpu_isa(cpuinfo: str | None = None, capability: str | None = None) -> str:
+    """The CPU's instruction-set class from the flags in /proc/cpuinfo: "AVX-512", "AVX2", else the architecture
+    (e.g. "x86_64", "aarch64"). Where PyTorch's kernels are held below the CPU's class (``ATEN_CPU_CAPABILITY``,
+    as scripts/avx2.env does), the class they run is what timings depend on: "AVX2 (imitated on AVX-512)".
+    ``cpuinfo`` and ``capability`` (``torch.backends.cpu.get_cpu_capability()``) default to this machine's."""
+    if cpuinfo is None:
+        path = Path("/proc/cpuinfo")
+        cpuinfo = path.read_text() if path.exists() else ""
+    flags = next((set(line.split(":", 1)[1].split()) for line in cpuinfo.splitlines() if line.startswith("flags")),
+                 set())  # fmt: skip
+    hardware = "AVX-512" if "avx512f" in flags else "AVX2" if "avx2" in flags else platform.machine() or "unknown"
+    used = {"AVX512": "AVX-512", "AVX2": "AVX2"}.get(capability or torch.backends.cpu.get_cpu_capability())
+    if hardware == "AVX-512" and used == "AVX2":
+        return "AVX2 (imitated on AVX-512)"
+    return hardware
+
+
+def machine_class(device: torch.device) -> str:
+    """The class of machine a timing on ``device`` was measured on, e.g. "CPU AVX-512, 2 cores" (the cores this
+    process may use) or "CUDA NVIDIA H200": timings are comparable within a class, not across classes."""
+    if device.type == "cuda":
+        return f"CUDA {torch.cuda.get_device_name(device)}"
+    if device.type == "cpu":
+        cores = available_cpus()
+        return f"CPU {cpu_isa()}, {cores} core{'s' if cores != 1 else ''}"
+    return device.type.upper()
 
 
 def peak_rss_mb() -> int | None:

@@ -128,7 +128,8 @@ COMPARED = (
 )
 
 
-def _lookup(d: dict | None, keys: tuple[str, ...]) -> float | None:
+def lookup(d: dict | None, keys: tuple[str, ...]) -> float | None:
+    """The number at ``keys`` in nested dicts ``d``; None where a key is missing or the value is not a number."""
     for k in keys:
         if not isinstance(d, dict) or k not in d:
             return None
@@ -136,7 +137,8 @@ def _lookup(d: dict | None, keys: tuple[str, ...]) -> float | None:
     return d if isinstance(d, int | float) and not isinstance(d, bool) else None
 
 
-def _fmt(v: float | None, fmt: str, signed: bool = False) -> str:
+def format_value(v: float | None, fmt: str, signed: bool = False) -> str:
+    """``v`` in one of COMPARED's formats ("pct", "int" or a format spec); "—" for None."""
     if v is None:
         return "—"
     sign = "+" if signed else ""
@@ -149,9 +151,9 @@ def comparison(current: dict[str, dict], baseline: dict[str, dict | None]) -> Ta
     """Baseline vs this run for each of COMPARED (``current``/``baseline`` keyed by "evaluate"/"train")."""
     rows = []
     for label, source, keys, fmt in COMPARED:
-        now, before = _lookup(current[source], keys), _lookup(baseline[source], keys)
+        now, before = lookup(current[source], keys), lookup(baseline[source], keys)
         change = None if now is None or before is None else now - before
-        rows.append([label, _fmt(before, fmt), _fmt(now, fmt), _fmt(change, fmt, signed=True)])
+        rows.append([label, format_value(before, fmt), format_value(now, fmt), format_value(change, fmt, signed=True)])
     return Table(["metric", "baseline", "this run", "change"], rows)
 
 
