@@ -60,6 +60,7 @@ def main() -> None:
         "robustness_mean": statistics.fmean(r["accuracy"] for r in robust[1:]),
         "inference_images_per_second": round(images_per_second),
         "robustness_seconds": round(robustness_seconds, 2),
+        "machine": device.machine_class(dev),  # the class of machine inference_images_per_second was measured on
     }
     details = {
         "per_class": per_class,

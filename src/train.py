@@ -110,6 +110,7 @@ def main() -> None:
             "train_images_per_second": round(len(train_split) * len(result.history) / seconds),
             "n_parameters": n_params,
             "peak_rss_mb": device.peak_rss_mb(),
+            "machine": device.machine_class(dev),  # the class of machine train_seconds was measured on
         }
         files.write_json(metrics_dir / "train.json", metrics)
         mlflow.log_metrics(
