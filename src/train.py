@@ -56,8 +56,9 @@ def main() -> None:
     md5_tags = {f"data_md5.{k}": v for k, v in stats["raw_md5"].items()}
     tags = {"device": device.describe(dev), **md5_tags}
     continue_run_id = state and state["run_id"]
-    start = tracking.start_run(tracking.run_name(p.model), tags, continue_run_id=continue_run_id, system_metrics=True)
-    with start if main_rank else nullcontext() as run:
+    name = tracking.run_name(p.model)
+    with (tracking.start_run(name, tags, continue_run_id=continue_run_id, system_metrics=True) if main_rank
+          else nullcontext()) as run:  # fmt: skip
         if state is not None:
             resume.announce(state, store, run.info.run_id, p.epochs)
         if main_rank:
