@@ -150,29 +150,27 @@ def test_grid_sweep_queues_one_experiment_per_value_and_runs_two_at_a_time(basel
 
 
 def test_every_zoo_model_trains_with_the_lr_given_on_the_command_line(baseline: Path):
-    """`-S train.model=M -S train.lr=X` for every zoo model (a grid over the models, train stage only, 1 epoch):
-    `dvc exp show`, the MLflow run and the checkpoint all say X, and the rest of the recipe is M's."""
+    """`dvc exp run -S train.model=M -S train.lr=X` for every zoo model (train stage only, 1 epoch, in the
+    workspace: no queue to start per model): `dvc exp show`, the MLflow run and the checkpoint all say X, and the
+    rest of the recipe is M's."""
     committed = yaml.safe_load((baseline / "params.yaml").read_text())
-    committed["train"]["width"] = None  # the grid's `train.width=null`: the test project sets width 8
-    zoo = list(committed["train"]["zoo"])
-    before = len(mlflow_runs(baseline))
-    run(["dvc", "exp", "run", "--queue", "train", "-S", f"train.model={','.join(zoo)}", "-S", "train.lr=0.0123",
-         "-S", "train.epochs=1", "-S", "train.width=null"], baseline)  # fmt: skip
-    run_queue(baseline)
-    new = mlflow_runs(baseline)[before:]
-    assert sorted(r.data.params["model"] for r in new) == sorted(zoo)
-    shown = shown_experiments(baseline)
-    for r in new:
-        name, model = r.data.tags["dvc_exp_name"], r.data.params["model"]
-        shown_train = shown[name]["params"]["params.yaml"]["data"]["train"]
-        assert (shown_train["model"], shown_train["lr"], r.data.params["lr"]) == (model, 0.0123, "0.0123")
-        recipe = params.validate({**committed, "train": {**committed["train"], "model": model}}).train
-        run(["dvc", "exp", "apply", name], baseline)
-        checkpoint = torch.load(baseline / "models/model.pt", weights_only=True)["params"]
-        assert checkpoint == recipe.model_dump() | {"lr": 0.0123, "epochs": 1}, model
-        assert r.data.params.get("width") == (str(recipe.width) if recipe.arch == "cnn" else None)
-    run(["git", "checkout", "--", "."], baseline)
-    run(["dvc", "checkout", "--force"], baseline)
+    committed["train"]["width"] = None  # `-S train.width=null` below: the test project sets width 8
+    try:
+        for model in committed["train"]["zoo"]:
+            before = len(mlflow_runs(baseline))
+            run(["dvc", "exp", "run", "train", "-S", f"train.model={model}", "-S", "train.lr=0.0123",
+                 "-S", "train.epochs=1", "-S", "train.width=null"], baseline)  # fmt: skip
+            [r] = mlflow_runs(baseline)[before:]
+            recipe = params.validate({**committed, "train": {**committed["train"], "model": model}}).train
+            checkpoint = torch.load(baseline / "models/model.pt", weights_only=True)["params"]
+            assert checkpoint == recipe.model_dump() | {"lr": 0.0123, "epochs": 1}, model
+            assert (r.data.params["model"], r.data.params["lr"]) == (model, "0.0123")
+            assert r.data.params.get("width") == (str(recipe.width) if recipe.arch == "cnn" else None)
+            shown = shown_experiments(baseline)[r.data.tags["dvc_exp_name"]]["params"]["params.yaml"]["data"]
+            assert (shown["train"]["model"], shown["train"]["lr"]) == (model, 0.0123)
+    finally:
+        run(["git", "checkout", "--", "."], baseline)
+        run(["dvc", "checkout", "--force"], baseline)
 
 
 def test_run_all_runs_what_is_queued(baseline: Path):
