@@ -120,25 +120,10 @@ def test_exp_run_with_changed_lr_reruns_train_onwards_and_adds_a_run(project: Pa
     assert "Baseline: the metrics committed at `HEAD`." in report and "| test accuracy | " in report
 
 
-def test_plots_diff_between_two_experiments(project: Path):
-    """`dvc plots diff` draws every plot for both experiments (evaluate.seed only reruns evaluate and report)."""
-    run(["dvc", "exp", "run", "-S", "evaluate.seed=1"], project)
-    names = run(["dvc", "exp", "list", "--name-only"], project).stdout.split()
-    assert len(names) >= 2
-    first, second = names[-2:]
-    diff = json.loads(run(["dvc", "plots", "diff", first, second, "--json"], project).stdout)["data"]
-    assert set(PLOT_TITLES) <= set(diff)
-    for title in PLOT_TITLES:
-        revisions = {rev for entry in diff[title] for rev in entry.get("revisions", [])}
-        assert {first, second} <= revisions, (title, revisions)
-    out = run(["dvc", "plots", "diff", first, second, "-o", "diff_html"], project)
-    assert (project / "diff_html" / "index.html").is_file(), out.stdout
-    shutil.rmtree(project / "diff_html")
-
-
-def test_an_evaluate_only_experiment_gets_its_own_run_nested_under_the_train_run(project: Path):
+def test_an_evaluate_only_experiment_gets_its_own_run_and_plots_diff_draws_both(project: Path):
     """`-S evaluate.seed=2` keeps the trained model (DVC skips train): the new evaluation goes into a new run,
-    nested under the train run, which keeps its own results."""
+    nested under the train run, which keeps its own results; `dvc plots diff` draws every plot for the last two
+    experiments."""
     train_run_id = json.loads((project / "models/run.json").read_text())["run_id"]
     client = mlflow.MlflowClient(tracking_uri=store_uri(project))
     train_metrics = client.get_run(train_run_id).data.metrics
@@ -156,6 +141,19 @@ def test_an_evaluate_only_experiment_gets_its_own_run_nested_under_the_train_run
     assert {a.path for a in client.list_artifacts(new.info.run_id, "report")} == {"report/report.md",
                                                                                    "report/report.html"}
     assert f"evaluated in MLflow run | `{new.info.run_id}`" in (project / "reports/report.md").read_text()
+
+    # `dvc plots diff` draws every plot for both experiments
+    names = run(["dvc", "exp", "list", "--name-only"], project).stdout.split()
+    assert len(names) >= 2
+    first, second = names[-2:]
+    diff = json.loads(run(["dvc", "plots", "diff", first, second, "--json"], project).stdout)["data"]
+    assert set(PLOT_TITLES) <= set(diff)
+    for title in PLOT_TITLES:
+        revisions = {rev for entry in diff[title] for rev in entry.get("revisions", [])}
+        assert {first, second} <= revisions, (title, revisions)
+    out = run(["dvc", "plots", "diff", first, second, "-o", "diff_html"], project)
+    assert (project / "diff_html" / "index.html").is_file(), out.stdout
+    shutil.rmtree(project / "diff_html")
 
 
 def test_temp_experiment_logs_to_the_main_store(project: Path):
