@@ -176,29 +176,37 @@ def explicit_keys(section: dict[str, Any], schema: type[BaseModel]) -> dict[str,
     return out
 
 
+def keys_without_use(train: dict[str, Any]) -> set[str]:
+    """The train keys the recipe ``train`` has no use for: the other architecture's keys (when ``arch`` is a known
+    one), ``momentum`` without sgd, ``step_size``/``gamma``/``plateau_patience`` without their scheduler."""
+    unused = set()
+    if train.get("arch") in ARCHITECTURE_KEYS:
+        unused = {k for keys in ARCHITECTURE_KEYS.values() for k in keys} - set(ARCHITECTURE_KEYS[train["arch"]])
+    return unused | {k for k, (other, values) in ONLY_WITH.items() if train.get(other) not in values}
+
+
 def _unused_keys(explicit: dict[str, Any], train: dict[str, Any]) -> list[str]:
-    """The explicitly set keys that the resolved recipe ``train`` has no use for."""
+    """A problem for each explicitly set key that the resolved recipe ``train`` has no use for."""
     problems = []
-    arch = train.get("arch")
-    for key in explicit:
-        owners = [a for a, keys in ARCHITECTURE_KEYS.items() if key in keys]
-        if owners and arch in ARCHITECTURE_KEYS and arch not in owners:
-            problems.append(f"'train.{key}' is set, but applies to {'/'.join(owners)} models only; "
-                            f"model {train.get('model')!r} is {arch!r}: remove it or set it to null")  # fmt: skip
-        if key in ONLY_WITH and train.get(ONLY_WITH[key][0]) not in ONLY_WITH[key][1]:
+    for key in sorted(keys_without_use(train) & set(explicit), key=list(explicit).index):
+        if key in ONLY_WITH:
             other, values = ONLY_WITH[key]
             problems.append(f"'train.{key}' is set, but applies only with {other} {' or '.join(values)}; "
                             f"model {train.get('model')!r} uses {other} {train.get(other)!r}: remove it or set it "
                             f"to null")  # fmt: skip
+        else:
+            owners = [a for a, keys in ARCHITECTURE_KEYS.items() if key in keys]
+            problems.append(f"'train.{key}' is set, but applies to {'/'.join(owners)} models only; model "
+                            f"{train.get('model')!r} is {train['arch']!r}: remove it or set it to null")  # fmt: skip
     return problems
 
 
 def in_use(p: TrainParams) -> dict[str, Any]:
-    """The train params as a dict without the keys the recipe has no use for (the other architecture's keys,
-    ``momentum`` without sgd, ...): what MLflow logs."""
-    unused = {k for keys in ARCHITECTURE_KEYS.values() for k in keys} - set(ARCHITECTURE_KEYS[p.arch])
-    unused |= {k for k, (key, values) in ONLY_WITH.items() if getattr(p, key) not in values}
-    return {k: v for k, v in p.model_dump().items() if k not in unused}
+    """The train params as a dict without the keys the recipe has no use for (``keys_without_use``): what MLflow
+    logs."""
+    values = p.model_dump()
+    unused = keys_without_use(values)
+    return {k: v for k, v in values.items() if k not in unused}
 
 
 def _apply_zoo(train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:

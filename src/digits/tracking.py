@@ -26,7 +26,8 @@ from digits.errors import UserError
 
 EXPERIMENT = "digits"
 EXP_TMP_PARTS = (".dvc", "tmp", "exps")
-# MLflow 3's UI opens an experiment of this kind on its runs table (without it, on the GenAI overview of traces)
+# MLflow 3's tag for a model-training experiment. MLflow 3.17's UI does not read it (its GenAI / Model training
+# switch decides where an experiment opens: see runs_url); other MLflow clients and later UIs may.
 EXPERIMENT_KIND = {"mlflow.experimentKind": "custom_model_development"}
 
 
