@@ -40,8 +40,9 @@ def _load(data_dir: str, threads: int) -> None:
     _stats.update(files.read_json(Path(data_dir) / "stats.json", "preprocess"))
 
 
-def run(recipe: str, p: params.TrainParams, tf32: bool) -> dict:
-    """One training run as the train stage does it; returns its figures."""
+def run(recipe: str, p: params.TrainParams, tf32: bool, models_dir: str | None) -> dict:
+    """One training run as the train stage does it; returns its figures. With ``models_dir`` the kept weights are
+    saved there as ``<recipe>-<seed>.pt`` (a checkpoint like the train stage's), to be scored again later."""
     dev = device.select(p.device)
     threads = torch.get_num_threads()
     device.configure(dev, p.seed, p.deterministic)
@@ -55,6 +56,9 @@ def run(recipe: str, p: params.TrainParams, tf32: bool) -> dict:
     seconds = time.perf_counter() - start
     test_loss, test_acc = training.loss_and_accuracy(model, *data.to_device(_splits["test"], dev))
     best = result.best
+    if models_dir:
+        meta = {"arch": p.arch, "model_kwargs": models.architecture_kwargs(p), "params": p.model_dump()}
+        training.save_checkpoint(Path(models_dir) / f"{recipe}-{p.seed}.pt", model, meta)
     return {"recipe": recipe, "seed": p.seed, "params": p.model_dump(mode="json"), "device": device.describe(dev),
             "threads": threads, "tf32": tf32, "best_epoch": best.epoch, "val_accuracy": best.val_accuracy,
             "val_loss": best.val_loss, "test_accuracy": test_acc, "test_loss": test_loss,
@@ -95,6 +99,7 @@ def main() -> None:
     ap.add_argument("--deadline-min", type=float, help="start no run after this many minutes")
     ap.add_argument("--data", default="data/processed", help="the preprocess stage's outputs")
     ap.add_argument("--out", required=True, help="JSON lines, one per run (appended; read to resume)")
+    ap.add_argument("--models", help="save each run's kept weights in this directory")
     args = ap.parse_args()  # fmt: skip
 
     base = params.override(params.zoo_model(args.model), args.set)
@@ -118,7 +123,8 @@ def main() -> None:
         while todo or running:
             while todo and len(running) < args.jobs and time.monotonic() < deadline:
                 name, seed = todo.pop(0)
-                running.add(pool.submit(run, name, recipes[name].model_copy(update={"seed": seed}), args.tf32))
+                recipe = recipes[name].model_copy(update={"seed": seed})
+                running.add(pool.submit(run, name, recipe, args.tf32, args.models))
             if not running:
                 print(f"deadline reached; {len(todo)} runs not started", flush=True)
                 break
