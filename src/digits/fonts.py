@@ -8,6 +8,7 @@ position, prepared exactly as digits-predict prepares a photo (``imageprep.prepa
 
 from __future__ import annotations
 
+import difflib
 import logging
 import re
 import subprocess
@@ -107,8 +108,12 @@ def font_dirs() -> dict[str, Path]:
 
 def check_names(parts: Mapping[str, Sequence[str]]) -> None:
     """Every family named in ``parts`` (part -> family names) must be in ``FAMILIES``."""
-    unknown = [f"render.{part}: unknown font family {name!r}" for part, names in parts.items() for name in names
-               if name not in FAMILIES]  # fmt: skip
+    unknown = []
+    for part, names in parts.items():
+        for name in (n for n in names if n not in FAMILIES):
+            hint = difflib.get_close_matches(name, FAMILIES, n=1)
+            guess = f" (did you mean {hint[0]!r}?)" if hint else ""
+            unknown.append(f"render.{part}: unknown font family {name!r}{guess}")
     if unknown:
         raise FontError("; ".join(unknown) + f" (known families: {', '.join(FAMILIES)})")
 
@@ -118,7 +123,8 @@ def digit_problem(path: Path) -> str | None:
     the character map, named as that digit (symbol fonts put other glyphs there), that draws some ink, and the ten
     must differ (not one placeholder box, "tofu", for all)."""
     try:
-        cmap = TTFont(path, lazy=True).getBestCmap() or {}
+        with TTFont(path, lazy=True) as tt:
+            cmap = tt.getBestCmap() or {}
         font = ImageFont.truetype(str(path), CHECK_SIZE)
     except Exception as exc:  # fontTools and FreeType raise many types for damaged files
         return f"unreadable ({type(exc).__name__}: {exc})"
@@ -154,8 +160,9 @@ def find(families: Sequence[str], dirs: Mapping[str, Path] | None = None) -> Fou
             else:
                 found.fonts.setdefault(name, []).append(font)
         if name not in found.fonts:
-            found.missing[name] = (f"no font of it draws the digits 0–9 in {root}" if paths else
-                                   f"{family.source} is not installed (no {', '.join(family.patterns)} in {root})")  # fmt: skip
+            where = f"{', '.join(family.patterns)} in {root}"
+            absent = f"no {where}" if family.source == MATPLOTLIB else f"{family.source} is not installed (no {where})"
+            found.missing[name] = f"no font draws the digits 0–9 ({where})" if paths else absent
     return found
 
 
@@ -251,17 +258,24 @@ def load(path: str | Path) -> tuple[data.Split, list[str], torch.Tensor]:
     path = Path(path)
     try:
         blob = torch.load(path, weights_only=True)
-        split, families, family = data.Split(blob["images"], blob["labels"]), blob["families"], blob["family"]
+        images, labels, family, families = (blob[key] for key in ("images", "labels", "family", "families"))
     except FileNotFoundError:
         raise data.DataError(f"{path}: not found; run the render stage (dvc repro render)") from None
     except Exception as exc:  # torch raises many types for corrupt files
         raise data.DataError(f"{path}: unreadable or corrupted font digits ({type(exc).__name__}: {exc})") from None
-    n = len(split.labels)
-    if not (split.images.dtype == torch.uint8 and split.images.shape[1:] == (28, 28) and len(split.images) == n
-            and split.labels.dtype == family.dtype == torch.int64 and family.shape == (n,)
-            and all(isinstance(f, str) for f in families) and (n == 0 or 0 <= family.min() <= family.max() < len(families))):  # fmt: skip
-        raise data.DataError(f"{path}: unexpected contents (re-run the render stage)")
-    return split, list(families), family
+    tensors = all(isinstance(t, torch.Tensor) for t in (images, labels, family))
+    if not (
+        tensors
+        and images.dtype == torch.uint8
+        and tuple(images.shape[1:]) == (imageprep.SIDE, imageprep.SIDE)
+        and labels.dtype == family.dtype == torch.int64
+        and len(images) == len(labels) == len(family)
+        and isinstance(families, list)
+        and all(isinstance(name, str) for name in families)
+        and bool(((family >= 0) & (family < len(families))).all())
+    ):
+        raise data.DataError(f"{path}: unexpected contents; re-run the render stage (dvc repro -f render)")
+    return data.Split(images, labels), families, family
 
 
 def accuracy_by_family(
