@@ -180,11 +180,13 @@ def sources(fonts: Sequence[Font]) -> dict[str, dict]:
     file's path in it with its MD5."""
     out: dict[str, dict] = {}
     for font in sorted(fonts, key=lambda f: (f.source != MATPLOTLIB, f.source, f.name)):
-        if font.source == MATPLOTLIB and font.source not in out:
-            out[font.source] = {"version": matplotlib.__version__, "directory": "matplotlib/mpl-data/fonts/ttf",
-                                "files": {}}  # fmt: skip
-        elif font.source not in out:
-            out[font.source] = {"version": debian_version(font.source), "directory": str(DEBIAN_FONTS), "files": {}}
+        if font.source not in out:
+            bundled = font.source == MATPLOTLIB
+            out[font.source] = {
+                "version": matplotlib.__version__ if bundled else debian_version(font.source),
+                "directory": "matplotlib/mpl-data/fonts/ttf" if bundled else str(DEBIAN_FONTS),
+                "files": {},
+            }
         out[font.source]["files"][font.name] = files.md5_file(font.path)
     return out
 
