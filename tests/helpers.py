@@ -183,7 +183,8 @@ def small_data(
     raw: Path, train_limit: int, test_limit: int, compile_inference: bool = False, **train: object
 ) -> Callable[[dict], None]:
     """A ``change_params`` for ``git_project``: the download stage takes the MNIST files from ``raw`` (the
-    ``mnist_raw`` fixture), ``train_limit``/``test_limit`` images, ``train`` params overridden.
+    ``mnist_raw`` fixture), ``train_limit``/``test_limit`` images, 20 font digits of each class per part (render),
+    ``train`` params overridden.
 
     ``evaluate.compile`` is off unless ``compile_inference``: compiling costs every evaluate run ~11 s of g++ on
     2 cores, and tests of queues, servers and resumption do not test it. tests/test_pipeline_e2e.py runs the
@@ -193,6 +194,7 @@ def small_data(
     def change(params: dict) -> None:
         params["download"].update(local_dir=str(raw), mirrors=[], registry_mirror=False)
         params["preprocess"].update(train_limit=train_limit, test_limit=test_limit)
+        params["render"].update(per_class=20)
         params["evaluate"].update(compile=compile_inference)
         params["train"].update(train)
 

@@ -34,7 +34,7 @@ def library_closure(script: Path) -> set[str]:
 
 
 def test_the_stages_in_order():
-    assert STAGES == ["download", "preprocess", "train", "evaluate", "report", "register"]
+    assert STAGES == ["download", "preprocess", "render", "train", "evaluate", "report", "register"]
 
 
 @pytest.mark.parametrize("stage", STAGES)

@@ -34,9 +34,10 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
     repro = run(["dvc", "repro"], project, MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL="1")  # samples in a short run
     out = repro.stdout
     assert not re.search("warning|CUDA_HOME|Downloading artifacts", repro.stderr, re.IGNORECASE), repro.stderr
-    for stage in ("download", "preprocess", "train", "evaluate", "report"):
+    for stage in ("download", "preprocess", "render", "train", "evaluate", "report"):
         assert f"Running stage '{stage}'" in out
     for rel in ("data/raw/train-images-idx3-ubyte", "data/processed/train.pt", "data/processed/stats.json",
+                "data/fonts/selection.pt", "data/fonts/heldout.pt", "data/fonts/fonts.json",
                 "models/model.pt", "models/run.json", "metrics/plots/train_curves.csv", "metrics/evaluation.json",
                 *[f"metrics/plots/{n}.csv" for n in ("confusion", "per_class", "calibration", "robustness")],
                 *[f"reports/figures/{n}.png" for n in PNGS], "reports/report.md", "reports/report.html"):

@@ -111,6 +111,34 @@ def misclassified(images: np.ndarray, errors: list[dict], path: str | Path, cols
     save(fig, path)
 
 
+def font_errors(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, family: np.ndarray,
+                families: list[str], path: str | Path, shown: int = 36, cols: int = 9) -> None:  # fmt: skip
+    """A grid of the font digits (fonts.load) the model gets wrong, true → predicted and font family: up to
+    ``shown``, the families with errors in turn (``family`` indexes ``families``)."""
+    labels, predicted, family = np.asarray(labels), np.asarray(predicted), np.asarray(family)
+    wrong = np.flatnonzero(labels != predicted)
+    if not len(wrong):
+        fig = plt.figure(figsize=(6, 1.2))
+        fig.text(0.5, 0.5, f"No misclassified font digits (of {len(labels)})", ha="center", va="center", fontsize=12)
+        save(fig, path)
+        return
+    rank = np.zeros(len(wrong), int)  # each error's place among its family's errors
+    for f in np.unique(family[wrong]):
+        rank[family[wrong] == f] = np.arange(np.count_nonzero(family[wrong] == f))
+    picked = wrong[np.lexsort((family[wrong], rank))][:shown]
+    rows = -(-len(picked) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55 + 0.5), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    for ax, i in zip(axes.flat, picked, strict=False):
+        ax.imshow(images[i], cmap="gray_r")
+        ax.set_title(f"{labels[i]} → {predicted[i]}\n{families[family[i]]}", fontsize=7)
+    fig.suptitle(f"Font digits the model gets wrong: {len(wrong)} of {len(labels)}, the families in turn\n"
+                 "(true → predicted; font family)", fontsize=10)  # fmt: skip
+    fig.tight_layout()
+    save(fig, path)
+
+
 def prediction_samples(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, indices: list[int],
                        path: str | Path, cols: int = 2) -> None:  # fmt: skip
     """Sampled test digits next to their predicted class probabilities (true class green, a wrong pick red)."""

@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from digits.errors import UserError
 
@@ -42,6 +42,40 @@ class AugmentParams(Section):
     elastic_scale: Annotated[float, Field(ge=1, le=28)] = 4.0
     interpolation: Literal["bilinear", "nearest"] = "bilinear"
     off_last_epochs: Annotated[int, Field(ge=0)] = 0  # the last N epochs train on un-augmented images
+
+
+def _ordered(span: tuple[float, float]) -> tuple[float, float]:
+    if span[0] > span[1]:
+        raise ValueError(f"expected [low, high] with low ≤ high, got {list(span)}")
+    return span
+
+
+def _unique(names: list[str]) -> list[str]:
+    if twice := sorted({n for n in names if names.count(n) > 1}):
+        raise ValueError(f"listed more than once: {', '.join(twice)}")
+    return names
+
+
+Families = Annotated[list[str], Field(min_length=1), AfterValidator(_unique)]
+
+
+class RenderParams(Section):
+    seed: int
+    per_class: Annotated[int, Field(ge=1)]  # images of each digit in each part
+    size_px: Annotated[tuple[Annotated[int, Field(ge=8, le=400)], Annotated[int, Field(ge=8, le=400)]],
+                       AfterValidator(_ordered)]  # fmt: skip
+    stroke: Annotated[tuple[Fraction, Fraction], AfterValidator(_ordered)]  # extra stroke width / font size
+    slant: Annotated[tuple[Annotated[float, Field(ge=-1, le=1)], Annotated[float, Field(ge=-1, le=1)]],
+                     AfterValidator(_ordered)]  # fmt: skip
+    position: Annotated[float, Field(ge=0, le=1)]  # largest offset from the canvas centre / font size
+    selection: Families
+    heldout: Families
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> RenderParams:
+        if both := [n for n in self.selection if n in self.heldout]:
+            raise ValueError(f"families in both selection and heldout: {', '.join(both)}")
+        return self
 
 
 class TrainParams(Section):
@@ -104,6 +138,7 @@ with warnings.catch_warnings():  # the section `register` shadows ABCMeta.regist
     class Params(Section):
         download: DownloadParams
         preprocess: PreprocessParams
+        render: RenderParams
         train: TrainParams
         evaluate: EvaluateParams
         report: ReportParams
@@ -135,6 +170,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel] | None = None, prefix:
         return f"unknown key '{key}'.{suggestion} Allowed keys here: {', '.join(allowed)}"
     if err["type"] == "missing":
         return f"missing key '{key}'"
+    if err["type"] == "value_error":  # a validator's own message
+        return f"'{key}': {err['ctx']['error']}"
     if err["type"] == "literal_error":
         expected = err.get("ctx", {}).get("expected", "")
         return f"'{key}' = {err.get('input')!r} is not allowed; choose one of {expected}"
