@@ -1,5 +1,6 @@
 """The benchmark scripts run end to end on tiny data: the multi-seed recipe comparison (with resume), the
-data-path benchmark (ours vs. the per-sample torchvision path), the allocator comparison and the app under load."""
+data-path benchmark (ours vs. the per-sample torchvision path), the allocator comparison, the app under load and the
+training augmentations (ours vs. kornia)."""
 
 from __future__ import annotations
 
@@ -106,3 +107,11 @@ def test_app_load_benchmark_reports_throughput_latency_and_memory(tmp_path: Path
     assert 100 < result["rss_mib_start"] <= result["rss_mib_peak"] and result["rss_mib_end"] <= result["rss_mib_peak"]
     assert "requests in" in proc.stdout and "cores" in result["machine"]
     assert not list(tmp_path.glob("app-load-*.log"))
+
+
+def test_augment_benchmark_tables(tmp_path: Path) -> None:
+    table = script("augment.py", "--repeats=1", "--batches=16", f"--data={tmp_path / 'none.pt'}", cwd=tmp_path).stdout
+    assert "images: synthetic strokes" in table and "machine: CPU " in table
+    assert "| transform | kornia | batch | own µs/batch | kornia µs/batch | kornia/own |" in table
+    for name in ("thickness", "lowres", "blur", "erasing", "contrast", "noise", "all six", "train step"):
+        assert f"| {name} |" in table

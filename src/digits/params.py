@@ -42,6 +42,13 @@ class AugmentParams(Section):
     elastic_scale: Annotated[float, Field(ge=1, le=28)] = 4.0
     interpolation: Literal["bilinear", "nearest"] = "bilinear"
     off_last_epochs: Annotated[int, Field(ge=0)] = 0  # the last N epochs train on un-augmented images
+    # digits.augmentations, each per sample and 0: off
+    thickness: Annotated[float, Field(ge=0, le=1)] = 0.0  # share of a 3×3 dilation/erosion blended in, at most
+    lowres: Annotated[float, Field(ge=0, le=0.75)] = 0.0  # share of the side lost by down- and upscaling, at most
+    blur: Annotated[float, Field(ge=0, le=5)] = 0.0  # Gaussian σ in px, at most
+    erasing: Annotated[float, Field(ge=0, le=1)] = 0.0  # probability of erasing a rectangle
+    contrast: Annotated[float, Field(ge=0, le=1)] = 0.0  # gain e^(±contrast), background lift ≤ 0.1·contrast
+    noise: Annotated[float, Field(ge=0, le=1)] = 0.0  # Gaussian noise σ, at most
 
 
 def _ordered(span: tuple[float, float]) -> tuple[float, float]:

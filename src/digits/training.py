@@ -16,7 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from digits import data, distributed, files, models
+from digits import augmentations, data, distributed, files, models
 from digits.params import TrainParams
 
 
@@ -103,12 +103,15 @@ def augments(p: TrainParams, epoch: int) -> bool:
 
 
 def augment_batch(xb: torch.Tensor, p: TrainParams, epoch: int, generator: torch.Generator) -> torch.Tensor:
-    """``xb`` augmented as ``p.augment`` says, in an epoch that ``augments``; else ``xb`` itself."""
+    """``xb`` augmented as ``p.augment`` says, in an epoch that ``augments``; else ``xb`` itself. The geometric
+    transforms (``data.augment``) come first, then ``augmentations.apply``, which draws nothing when all its keys
+    are 0."""
     if not augments(p, epoch):
         return xb
     a = p.augment
-    return data.augment(xb, a.rotation_deg, a.zoom, a.shift, generator, a.elastic_px, a.elastic_scale,
-                        a.interpolation)  # fmt: skip
+    xb = data.augment(xb, a.rotation_deg, a.zoom, a.shift, generator, a.elastic_px, a.elastic_scale,
+                      a.interpolation)  # fmt: skip
+    return augmentations.apply(xb, a.model_dump(), generator)
 
 
 def mixed_precision(p: TrainParams, device: torch.device) -> torch.autocast:
