@@ -6,6 +6,11 @@ The test accuracy is recorded for the record only: choose by validation, never b
 JSON-lines file as runs finish, so an interrupted comparison continues where it stopped; a summary table (mean and
 standard deviation over seeds, difference to the first recipe with its standard error) is printed at the end.
 
+With ``--robustness`` each run is also scored for robustness on what may guide a choice: the validation split under
+the evaluate stage's perturbation sweep and under the MNIST-C-style corruptions (seeded apart from the test-time
+ones), and the *selection* part of the font digits. The same figures on the test split and the held-out fonts are
+recorded for the record. Runs saved with ``--models`` but not yet scored are scored at the end.
+
     python benchmarks/recipes.py --recipe default --recipe clean3 augment.off_last_epochs=3 --seeds 42,1,2
     python benchmarks/recipes.py ... --jobs 8 --set amp=false --no-tf32   # many runs at once on one GPU
 
@@ -26,21 +31,56 @@ from pathlib import Path
 
 import torch
 
-from digits import data, device, files, models, params, training
+from digits import corruptions, data, device, files, fonts, models, params, robustness, training
 
 _splits: dict[str, data.Split] = {}
 _stats: dict = {}
+VAL_SEED = 1000  # robustness seeds on the validation split: apart from evaluate's test-time seeds (evaluate.seed)
 
 
-def _load(data_dir: str, threads: int) -> None:
-    """Worker start: the processed splits, once per process."""
+def _load(data_dir: str, threads: int, fonts_dir: str | None = None) -> None:
+    """Worker start: the processed splits (and the font digits, for robustness), once per process."""
     torch.set_num_threads(threads)
     for name in ("train", "val", "test"):
         _splits[name] = data.load_split(Path(data_dir) / f"{name}.pt")
     _stats.update(files.read_json(Path(data_dir) / "stats.json", "preprocess"))
+    for part in fonts.PARTS if fonts_dir else ():
+        _splits[part] = fonts.load(Path(fonts_dir) / f"{part}.pt")[0]
 
 
-def run(recipe: str, p: params.TrainParams, tf32: bool, models_dir: str | None) -> dict:
+def robustness_scores(model: torch.nn.Module, dev: torch.device) -> dict[str, float]:
+    """Validation (may guide a choice) and test/held-out (for the record) robustness figures of ``model``."""
+    model.eval()
+
+    def predict(xb: torch.Tensor) -> torch.Tensor:
+        return training.predict_logits(model, xb, 256).argmax(1)
+
+    scores = {}
+    with torch.no_grad():
+        for split, seed in (("val", VAL_SEED), ("test", 0)):
+            x, y = data.to_device(_splits[split], dev)
+            sweep = robustness.evaluate(predict, x, y, seed)[1:]
+            corrupted = corruptions.evaluate(predict, x, y, seed)
+            scores[f"{split}_perturbation_mean"] = statistics.fmean(r["accuracy"] for r in sweep)
+            scores[f"{split}_perturbation_min"] = min(r["accuracy"] for r in sweep)
+            scores[f"{split}_corruption_mean"] = statistics.fmean(r["accuracy"] for r in corrupted)
+            scores[f"{split}_corruption_mean_unseen"] = statistics.fmean(
+                r["accuracy"] for r in corrupted if r["corruption"] not in corruptions.COUNTERPARTS
+            )
+            scores |= {f"{split}_{r['corruption']}": r["accuracy"] for r in corrupted}
+        for part in fonts.PARTS:
+            x, y = data.to_device(_splits[part], dev)
+            scores[f"{part}_font_accuracy"] = (predict(x) == y).double().mean().item()
+    return scores
+
+
+def rescore(row: dict, models_dir: str) -> dict:
+    """``row`` with the robustness figures of its saved model."""
+    model, _ = training.load_checkpoint(Path(models_dir) / f"{row['recipe']}-{row['seed']}.pt")
+    return row | robustness_scores(model, torch.device("cpu"))
+
+
+def run(recipe: str, p: params.TrainParams, tf32: bool, models_dir: str | None, robust: bool) -> dict:
     """One training run as the train stage does it; returns its figures. With ``models_dir`` the kept weights are
     saved there as ``<recipe>-<seed>.pt`` (a checkpoint like the train stage's), to be scored again later."""
     dev = device.select(p.device)
@@ -59,10 +99,12 @@ def run(recipe: str, p: params.TrainParams, tf32: bool, models_dir: str | None) 
     if models_dir:
         meta = {"arch": p.arch, "model_kwargs": models.architecture_kwargs(p), "params": p.model_dump()}
         training.save_checkpoint(Path(models_dir) / f"{recipe}-{p.seed}.pt", model, meta)
-    return {"recipe": recipe, "seed": p.seed, "params": p.model_dump(mode="json"), "device": device.describe(dev),
-            "threads": threads, "tf32": tf32, "best_epoch": best.epoch, "val_accuracy": best.val_accuracy,
-            "val_loss": best.val_loss, "test_accuracy": test_acc, "test_loss": test_loss,
-            "fit_seconds": round(seconds, 1)}  # fmt: skip
+    scores = robustness_scores(model, dev) if robust else {}
+    return scores | {
+        "recipe": recipe, "seed": p.seed, "params": p.model_dump(mode="json"), "device": device.describe(dev),
+        "threads": threads, "tf32": tf32, "best_epoch": best.epoch, "val_accuracy": best.val_accuracy,
+        "val_loss": best.val_loss, "test_accuracy": test_acc, "test_loss": test_loss, "fit_seconds": round(seconds, 1),
+    }  # fmt: skip
 
 
 def summary(rows: list[dict], names: list[str]) -> str:
@@ -87,6 +129,41 @@ def summary(rows: list[dict], names: list[str]) -> str:
     return "\n".join(out)
 
 
+ROBUSTNESS_COLUMNS = (  # (row key, heading): what may guide a choice, then the same on test for the record
+    ("val_accuracy", "val clean"),
+    ("val_perturbation_mean", "val sweep mean"),
+    ("val_perturbation_min", "val sweep min"),
+    ("val_corruption_mean", "val MNIST-C mean"),
+    ("selection_font_accuracy", "selection fonts"),
+    ("robust_score", "robust score"),
+    ("test_accuracy", "test clean"),
+    ("test_perturbation_mean", "test sweep mean"),
+    ("test_perturbation_min", "test sweep min"),
+    ("test_corruption_mean", "test MNIST-C mean"),
+    ("test_corruption_mean_unseen", "test MNIST-C unseen"),
+    ("heldout_font_accuracy", "held-out fonts"),
+)
+
+
+def robust_score(row: dict) -> float:
+    """The robustness a recipe is chosen by: the mean of the validation sweep mean, the validation MNIST-C mean and
+    the selection fonts' accuracy."""
+    return statistics.fmean(row[k] for k in ("val_perturbation_mean", "val_corruption_mean", "selection_font_accuracy"))
+
+
+def robustness_summary(rows: list[dict], names: list[str]) -> str:
+    """Markdown table: per recipe, the mean over seeds of each of ROBUSTNESS_COLUMNS."""
+    out = ["| recipe | runs | " + " | ".join(h for _, h in ROBUSTNESS_COLUMNS) + " |",
+           "|---|---:|" + "---:|" * len(ROBUSTNESS_COLUMNS)]  # fmt: skip
+    for n in names:
+        mine = [r for r in rows if r["recipe"] == n and "val_corruption_mean" in r]
+        scored = [r | {"robust_score": robust_score(r)} for r in mine]
+        if scored:
+            means = [statistics.fmean(r[k] for r in scored) for k, _ in ROBUSTNESS_COLUMNS]
+            out.append(f"| {n} | {len(scored)} | " + " | ".join(f"{m:.2%}" for m in means) + " |")
+    return "\n".join(out)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--recipe", nargs="+", action="append", required=True, metavar=("NAME", "KEY=VALUE"),
@@ -100,6 +177,8 @@ def main() -> None:
     ap.add_argument("--data", default="data/processed", help="the preprocess stage's outputs")
     ap.add_argument("--out", required=True, help="JSON lines, one per run (appended; read to resume)")
     ap.add_argument("--models", help="save each run's kept weights in this directory")
+    ap.add_argument("--robustness", action="store_true", help="score robustness too (needs data/fonts)")
+    ap.add_argument("--fonts", default="data/fonts", help="the render stage's outputs")
     args = ap.parse_args()  # fmt: skip
 
     base = params.override(params.zoo_model(args.model), args.set)
@@ -117,14 +196,15 @@ def main() -> None:
     deadline = time.monotonic() + 60 * args.deadline_min if args.deadline_min else math.inf
     print(f"{len(todo)} runs to do ({len(have)} already in {out}), {args.jobs} at a time, {threads} thread(s) each",
           flush=True)  # fmt: skip
+    fonts_dir = args.fonts if args.robustness else None
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
-    with ProcessPoolExecutor(args.jobs, ctx, initializer=_load, initargs=(args.data, threads)) as pool:
+    with ProcessPoolExecutor(args.jobs, ctx, initializer=_load, initargs=(args.data, threads, fonts_dir)) as pool:
         running: set = set()
         while todo or running:
             while todo and len(running) < args.jobs and time.monotonic() < deadline:
                 name, seed = todo.pop(0)
                 recipe = recipes[name].model_copy(update={"seed": seed})
-                running.add(pool.submit(run, name, recipe, args.tf32, args.models))
+                running.add(pool.submit(run, name, recipe, args.tf32, args.models, args.robustness))
             if not running:
                 print(f"deadline reached; {len(todo)} runs not started", flush=True)
                 break
@@ -137,7 +217,19 @@ def main() -> None:
                 print(f"{row['recipe']} seed {row['seed']}: best epoch {row['best_epoch']}, val "
                       f"{row['val_accuracy']:.4%}, test {row['test_accuracy']:.4%}, {row['fit_seconds']} s",
                       flush=True)  # fmt: skip
+    if args.robustness and args.models:  # runs trained before robustness could be scored
+        saved = Path(args.models)
+        stale = [i for i, r in enumerate(done) if "val_corruption_mean" not in r
+                 and (saved / f"{r['recipe']}-{r['seed']}.pt").is_file()]  # fmt: skip
+        if stale:
+            _load(args.data, device.available_cpus(), args.fonts)
+            for i in stale:
+                done[i] = rescore(done[i], args.models)
+            files.write_text(out, "".join(json.dumps(r) + "\n" for r in done))
+            print(f"scored {len(stale)} saved runs for robustness", flush=True)
     print(summary(done, list(recipes)))
+    if any("val_corruption_mean" in r for r in done):
+        print(robustness_summary(done, list(recipes)))
 
 
 if __name__ == "__main__":

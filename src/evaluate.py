@@ -1,8 +1,14 @@
-"""Stage evaluate: test-set metrics, calibration, robustness, the most confused digits and a save/load check.
+"""Stage evaluate: test-set metrics, calibration, robustness, out-of-distribution digits, the most confused digits
+and a save/load check.
+
+Robustness is measured twice on the test set: a severity sweep of perturbations (digits.robustness: how accuracy
+falls with strength) and MNIST-C-style corruptions (digits.corruptions: one fixed severity each, none of them a
+training augmentation). The out-of-distribution digits are the render stage's held-out font families.
 
 Writes METRICS_DIR/evaluate.json (headline metrics), METRICS_DIR/evaluation.json (per-class, confusion matrix,
-confused pairs, ranked errors, calibration bins, robustness table: what the report reads), DVC plot data under
-METRICS_DIR/plots/ and figures under FIG_DIR, and adds them to the MLflow run of the train stage.
+confused pairs, ranked errors, calibration bins, robustness tables, accuracy per font family: what the report reads),
+DVC plot data under METRICS_DIR/plots/ and figures under FIG_DIR, and logs them to an MLflow run of its own, nested
+under the train stage's run.
 """
 
 import statistics
@@ -13,15 +19,31 @@ import mlflow
 import numpy as np
 import torch
 
-from digits import data, device, figures, files, metrics, models, params, reload, robustness, stage, tracking, training
+from digits import (
+    corruptions,
+    data,
+    device,
+    figures,
+    files,
+    fonts,
+    metrics,
+    models,
+    params,
+    reload,
+    robustness,
+    stage,
+    tracking,
+    training,
+)
 
-FIGURES = ("confusion_matrix", "misclassified", "predictions", "reliability", "robustness")
-PLOT_DATA = ("confusion", "per_class", "calibration", "robustness")
+FIGURES = ("confusion_matrix", "misclassified", "predictions", "reliability", "robustness", "corruptions",
+           "font_errors")  # fmt: skip
+PLOT_DATA = ("confusion", "per_class", "calibration", "robustness", "corruptions", "fonts")
 
 
 def main() -> None:
     ap = stage.parser(__doc__)
-    for name in ("model_dir", "test_file", "metrics_dir", "fig_dir"):
+    for name in ("model_dir", "test_file", "fonts_file", "metrics_dir", "fig_dir"):
         ap.add_argument(name)
     args = ap.parse_args()
     p = params.load(args.params).evaluate
@@ -30,6 +52,7 @@ def main() -> None:
     run_info = files.read_json(model_dir / "run.json", "train")
     tracking.require_run(run_info["run_id"])  # before any output is rewritten
     test = data.load_split(args.test_file)
+    font_digits, families, family = fonts.load(args.fonts_file)
     dev = device.select("auto")
     device.configure(dev, seed=0, deterministic=True)  # CPU threads from what the process may use
     checkpoint_model, _ = training.load_checkpoint(model_dir / "model.pt", dev)
@@ -43,9 +66,15 @@ def main() -> None:
         "mlflow": reload.logged_model_logits(reload.logged_model(run_info["run_id"]), x, p.batch_size),
     })  # fmt: skip
 
+    def predict(xb: torch.Tensor) -> torch.Tensor:
+        return training.predict_logits(model, xb, p.batch_size).argmax(1)
+
     start = time.perf_counter()
-    robust = robustness.evaluate(lambda xb: training.predict_logits(model, xb, p.batch_size).argmax(1), x, y, p.seed)
+    robust = robustness.evaluate(predict, x, y, p.seed)
+    corrupted = corruptions.evaluate(predict, x, y, p.seed)
     robustness_seconds = time.perf_counter() - start
+    font_pred = predict(data.to_device(font_digits, dev)[0]).cpu()
+    by_family = fonts.accuracy_by_family(font_pred, font_digits.labels, family, families)
 
     probs, labels, pred = logits.softmax(1), test.labels, logits.argmax(1)
     result = metrics.classification(logits, labels)
@@ -59,6 +88,8 @@ def main() -> None:
         "robustness": {r["key"]: r["accuracy"] for r in robust[1:]},
         "robustness_mean": statistics.fmean(r["accuracy"] for r in robust[1:]),
         "inference_images_per_second": round(images_per_second),
+        **corruptions.summary(corrupted),  # per corruption, the mean, the mean over those unlike any augmentation
+        "ood_font_accuracy": (font_pred == font_digits.labels).double().mean().item(),
         "robustness_seconds": round(robustness_seconds, 2),
         "machine": device.machine_class(dev),  # the class of machine inference_images_per_second was measured on
     }
@@ -69,6 +100,8 @@ def main() -> None:
         "misclassified": errors[: p.misclassified_shown],
         "calibration_bins": bins,
         "robustness": robust,
+        "corruptions": corrupted,
+        "ood_fonts": by_family,
     }
     files.write_json(metrics_dir / "evaluate.json", result)
     files.write_json(metrics_dir / "evaluation.json", details)
@@ -79,6 +112,8 @@ def main() -> None:
     )
     files.write_csv(plots / "calibration.csv", [b for b in bins if b["count"]])
     files.write_csv(plots / "robustness.csv", [{k: r[k] for k in ("condition", "accuracy")} for r in robust])
+    files.write_csv(plots / "corruptions.csv", corrupted)
+    files.write_csv(plots / "fonts.csv", [{"family": f, "accuracy": v["accuracy"]} for f, v in by_family.items()])
 
     images = test.images.numpy()
     sample = np.sort(np.random.default_rng(p.seed).choice(len(test), size=min(10, len(test)), replace=False))
@@ -88,9 +123,18 @@ def main() -> None:
     figures.prediction_samples(images, labels.numpy(), probs.numpy(), sample.tolist(), fig_dir / "predictions.png")
     figures.reliability_diagram(bins, ece, fig_dir / "reliability.png")
     figures.robustness(robust, examples, fig_dir / "robustness.png")
+    corrupted_examples = [("clean", images[0] / 255)] + [
+        (name, img.cpu().numpy()) for name, img in corruptions.examples(x[0], p.seed)
+    ]
+    figures.corruptions(robust[0]["accuracy"], corrupted, corrupted_examples, set(corruptions.COUNTERPARTS),
+                        fig_dir / "corruptions.png")  # fmt: skip
+    figures.font_errors(font_digits.images.numpy(), font_digits.labels.numpy(), font_pred.numpy(), family.numpy(),
+                        families, fig_dir / "font_errors.png", shown=p.misclassified_shown)  # fmt: skip
     print(f"test accuracy {result['test_accuracy']:.4f} ({result['test_errors']} errors of {len(test)}), "
           f"top-2 {result['test_top2_accuracy']:.4f}, loss {result['test_loss']:.4f}, ECE {ece:.4f}; "
-          f"robustness {len(robust) - 1} conditions in {robustness_seconds:.1f} s; save/load identical")  # fmt: skip
+          f"robustness: {len(robust) - 1} perturbations and {len(corrupted)} corruptions (mean "
+          f"{result['corruption_mean']:.4f}) in {robustness_seconds:.1f} s; held-out font digits "
+          f"{result['ood_font_accuracy']:.4f}; save/load identical")  # fmt: skip
 
     with tracking.evaluation_run(run_info["run_id"]) as run:
         tracking.log_datasets({"testing": args.test_file})
@@ -98,6 +142,9 @@ def main() -> None:
         mlflow.log_metrics({f"test_macro_{k.replace('-score', '')}": v for k, v in result["macro_avg"].items()})
         mlflow.log_metrics({f"test_weighted_{k.replace('-score', '')}": v for k, v in result["weighted_avg"].items()})
         mlflow.log_metrics({f"robustness_{k}": v for k, v in result["robustness"].items()})
+        mlflow.log_metrics({f"corruption_{k}": v for k, v in result["corruption"].items()})
+        mlflow.log_metrics({f"ood_font_{f.replace(' ', '_')}": v["accuracy"] for f, v in by_family.items()
+                            if v["accuracy"] is not None})  # fmt: skip
         mlflow.log_dict(result, "metrics/evaluate.json")
         mlflow.log_dict(details, "metrics/evaluation.json")
         for name in FIGURES:

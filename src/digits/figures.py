@@ -180,8 +180,11 @@ def reliability_diagram(bins: list[dict], ece: float, path: str | Path) -> None:
     save(fig, path)
 
 
-def robustness(rows: list[dict], examples: list[tuple[str, np.ndarray]], path: str | Path) -> None:
-    """Accuracy under each perturbation (bars) and one test digit under each (top row)."""
+def robustness(rows: list[dict], examples: list[tuple[str, np.ndarray]], path: str | Path,
+               title: str = "Robustness: test accuracy under perturbations (dashed: clean)",
+               legend: bool = False) -> None:  # fmt: skip
+    """Accuracy under each perturbation (bars, coloured by ``family``; the first row is clean) and one test digit
+    under each (top row)."""
     n = len(examples)
     fig = plt.figure(figsize=(max(9.0, 0.8 * n), 7.5))
     grid = fig.add_gridspec(2, n, height_ratios=[1, 6], hspace=0.12)
@@ -202,5 +205,21 @@ def robustness(rows: list[dict], examples: list[tuple[str, np.ndarray]], path: s
         ax.text(a, y, f" {a:.2%}", va="center", ha="left" if a < 0.97 else "right", fontsize=8,
                 color="black" if a < 0.97 else "white")  # fmt: skip
     ax.axvline(rows[0]["accuracy"], color="k", ls="--", lw=1)
-    ax.set(xlabel="test accuracy", title="Robustness: test accuracy under perturbations (dashed: clean)")
+    ax.set(xlabel="test accuracy", title=title)
+    if legend:
+        ax.legend([plt.Rectangle((0, 0), 1, 1, color=color[f]) for f in families], families, loc="lower left",
+                  fontsize=8)  # fmt: skip
     save(fig, path)
+
+
+def corruptions(clean: float, rows: list[dict], examples: list[tuple[str, np.ndarray]], resembled: set[str],
+                path: str | Path) -> None:  # fmt: skip
+    """The MNIST-C-style corruptions (``digits.corruptions``): accuracy under each, coloured by whether a training
+    augmentation resembles it (``resembled``), and one test digit under each."""
+    bars = [{"condition": "clean", "family": "clean", "accuracy": clean}] + [
+        {"condition": r["corruption"].replace("_", " "), "accuracy": r["accuracy"],
+         "family": "like a training augmentation" if r["corruption"] in resembled else "like no augmentation"}
+        for r in rows
+    ]  # fmt: skip
+    images = [(name.replace("_", " "), image) for name, image in examples]
+    robustness(bars, images, path, "MNIST-C-style corruptions: test accuracy (dashed: clean)", legend=True)

@@ -121,6 +121,8 @@ COMPARED = (
     ("macro F1", "evaluate", ("macro_avg", "f1-score"), ".4f"),
     ("expected calibration error", "evaluate", ("test_ece",), ".4f"),
     ("mean accuracy under perturbations", "evaluate", ("robustness_mean",), "pct"),
+    ("mean accuracy under MNIST-C-style corruptions", "evaluate", ("corruption_mean",), "pct"),
+    ("held-out font digits", "evaluate", ("ood_font_accuracy",), "pct"),
     ("parameters", "train", ("n_parameters",), "int"),
     ("epochs run", "train", ("epochs_run",), "int"),
     ("training time (s)", "train", ("train_seconds",), ".1f"),
@@ -173,6 +175,28 @@ def zoo(rows: list[dict[str, str]]) -> Table:
     return Table(header, [[cell(r, k) for k in header] for r in rows])
 
 
+# (label, evaluate.json key, docs/robustness.csv column) of the robustness figures compared with the recipes
+ROBUSTNESS_COMPARED = (
+    ("clean test accuracy", "test_accuracy", "test_accuracy"),
+    ("perturbation sweep: mean", "robustness_mean", "test_perturbation_mean"),
+    ("perturbation sweep: worst condition", None, "test_perturbation_min"),
+    ("MNIST-C-style corruptions: mean", "corruption_mean", "test_corruption_mean"),
+    ("MNIST-C-style, like no augmentation: mean", "corruption_mean_unseen", "test_corruption_mean_unseen"),
+    ("held-out font digits", "ood_font_accuracy", "heldout_font_accuracy"),
+)
+
+
+def robustness_comparison(ev: dict, recipes: list[dict[str, str]]) -> Table:
+    """This run's robustness next to each recipe's mean over seeds (docs/robustness.csv rows)."""
+    worst = min(ev["robustness"].values())
+    header = ["metric", "this run"] + [f"{r['recipe']} ({r['runs']} seeds)" for r in recipes]
+    rows = [
+        [label, f"{(ev[key] if key else worst):.2%}"] + [f"{float(r[column]):.2%}" for r in recipes]
+        for label, key, column in ROBUSTNESS_COMPARED
+    ]
+    return Table(header, rows)
+
+
 def sections(
     run: dict,
     train: dict,
@@ -183,9 +207,11 @@ def sections(
     baseline_rev: str,
     zoo_rows: list[dict] | None,
     zoo_path: Path,
+    recipe_rows: list[dict] | None = None,
 ) -> list[Section]:
     """The report: identity, headline metrics, change from the baseline, per-class table, error analysis,
-    calibration, robustness, training, data, historical results and the model zoo."""
+    calibration, robustness and out-of-distribution digits (next to ``recipe_rows``, docs/robustness.csv),
+    training, data, historical results and the model zoo."""
     tags, pct = run["tags"], lambda v: f"{v:.2%}"
     identity = [
         ["MLflow run", f"`{run['run_id']}` (experiment {run['experiment_id']})"],
@@ -202,7 +228,8 @@ def sections(
             f"({train['train_images_per_second']:,} images/s)",
         ],
         ["inference", f"{ev['inference_images_per_second']:,} images/s (median of 5 passes over the test set)"],
-        ["robustness evaluation", f"{ev['robustness_seconds']:.1f} s for {len(ev['robustness'])} perturbations"],
+        ["robustness evaluation", f"{ev['robustness_seconds']:.1f} s for {len(ev['robustness'])} perturbations and "
+                                  f"{len(ev['corruption'])} corruptions"],  # fmt: skip
     ]
     headline = [
         ["test accuracy", pct(ev["test_accuracy"])],
@@ -216,6 +243,8 @@ def sections(
         ],
         ["expected calibration error", f"{ev['test_ece']:.4f}"],
         ["mean accuracy under perturbations", pct(ev["robustness_mean"])],
+        ["mean accuracy under MNIST-C-style corruptions", pct(ev["corruption_mean"])],
+        ["held-out font digits (out of distribution)", pct(ev["ood_font_accuracy"])],
         [
             "save/load check",
             "identical predictions (MLflow model, checkpoint, in-memory); max abs logit difference "
@@ -259,6 +288,11 @@ def sections(
     robust = [
         [r["condition"], pct(r["accuracy"]), f"{(r['accuracy'] - clean) * 100:+.2f} pp"] for r in details["robustness"]
     ]
+    corrupted = [[r["corruption"].replace("_", " "), pct(r["accuracy"]), f"{(r['accuracy'] - clean) * 100:+.2f} pp",
+                  "yes" if r["corruption"] in ev.get("corruption_resembled", ()) else ""]
+                 for r in details["corruptions"]]  # fmt: skip
+    font_rows = [[f, v["images"], v["errors"], pct(v["accuracy"])] for f, v in details["ood_fonts"].items()
+                 if v["accuracy"] is not None]  # fmt: skip
     history = [[m, pct(a), src] for m, a, src in HISTORICAL] + [
         ["**this run**", f"**{pct(ev['test_accuracy'])}**", "this report"]
     ]
@@ -296,11 +330,23 @@ def sections(
             ],
         ),
         Section(
-            "Robustness",
+            "Robustness and out-of-distribution",
             [
-                "Test accuracy with every test image perturbed (seeded, computed on the fly).",
+                "Accuracy on what MNIST's test set does not contain, for this run and, where recorded, for the "
+                "clean-only and the robust recipe (means over seeds, `docs/robustness.csv`).",
+                *([robustness_comparison(ev, recipe_rows)] if recipe_rows else []),
+                "**Perturbation sweep:** every test image perturbed at growing strengths (seeded, computed on the "
+                "fly).",
                 Table(["condition", "accuracy", "vs clean"], robust),
                 fig["robustness"],
+                "**MNIST-C-style corruptions** (after Mu & Gilmer 2019; one severity each). A training augmentation "
+                f"resembles some of them: the mean over the others is **{pct(ev['corruption_mean_unseen'])}**.",
+                Table(["corruption", "accuracy", "vs clean", "like a training augmentation"], corrupted),
+                fig["corruptions"],
+                f"**Font digits:** {pct(ev['ood_font_accuracy'])} of the held-out font families' digits (the render "
+                "stage; no MNIST writer made them, and no choice was made on these families).",
+                Table(["font family", "images", "errors", "accuracy"], font_rows),
+                fig["font_errors"],
             ],
         ),
         Section(
