@@ -63,11 +63,10 @@ def robustness_scores(model: torch.nn.Module, dev: torch.device) -> dict[str, fl
             corrupted = corruptions.evaluate(predict, x, y, seed)
             scores[f"{split}_perturbation_mean"] = statistics.fmean(r["accuracy"] for r in sweep)
             scores[f"{split}_perturbation_min"] = min(r["accuracy"] for r in sweep)
-            scores[f"{split}_corruption_mean"] = statistics.fmean(r["accuracy"] for r in corrupted)
-            scores[f"{split}_corruption_mean_unseen"] = statistics.fmean(
-                r["accuracy"] for r in corrupted if r["corruption"] not in corruptions.COUNTERPARTS
-            )
-            scores |= {f"{split}_{r['corruption']}": r["accuracy"] for r in corrupted}
+            by_corruption = corruptions.summary(corrupted)
+            scores[f"{split}_corruption_mean"] = by_corruption["corruption_mean"]
+            scores[f"{split}_corruption_mean_unseen"] = by_corruption["corruption_mean_unseen"]
+            scores |= {f"{split}_{k}": v for k, v in by_corruption["corruption"].items()}
         for part in fonts.PARTS:
             x, y = data.to_device(_splits[part], dev)
             scores[f"{part}_font_accuracy"] = (predict(x) == y).double().mean().item()
@@ -151,16 +150,25 @@ def robust_score(row: dict) -> float:
     return statistics.fmean(row[k] for k in ("val_perturbation_mean", "val_corruption_mean", "selection_font_accuracy"))
 
 
-def robustness_summary(rows: list[dict], names: list[str]) -> str:
-    """Markdown table: per recipe, the mean over seeds of each of ROBUSTNESS_COLUMNS."""
-    out = ["| recipe | runs | " + " | ".join(h for _, h in ROBUSTNESS_COLUMNS) + " |",
-           "|---|---:|" + "---:|" * len(ROBUSTNESS_COLUMNS)]  # fmt: skip
+def robustness_means(rows: list[dict], names: list[str]) -> list[dict]:
+    """Per recipe with scored runs: its name, the number of runs and the mean over them of ROBUSTNESS_COLUMNS."""
+    out = []
     for n in names:
         mine = [r for r in rows if r["recipe"] == n and "val_corruption_mean" in r]
         scored = [r | {"robust_score": robust_score(r)} for r in mine]
         if scored:
-            means = [statistics.fmean(r[k] for r in scored) for k, _ in ROBUSTNESS_COLUMNS]
-            out.append(f"| {n} | {len(scored)} | " + " | ".join(f"{m:.2%}" for m in means) + " |")
+            out.append({"recipe": n, "runs": len(scored),
+                        **{k: statistics.fmean(r[k] for r in scored) for k, _ in ROBUSTNESS_COLUMNS}})  # fmt: skip
+    return out
+
+
+def robustness_summary(means: list[dict]) -> str:
+    """Markdown table of ``robustness_means``."""
+    out = ["| recipe | runs | " + " | ".join(h for _, h in ROBUSTNESS_COLUMNS) + " |",
+           "|---|---:|" + "---:|" * len(ROBUSTNESS_COLUMNS)]  # fmt: skip
+    for m in means:
+        cells = " | ".join(f"{m[k]:.2%}" for k, _ in ROBUSTNESS_COLUMNS)
+        out.append(f"| {m['recipe']} | {m['runs']} | {cells} |")
     return "\n".join(out)
 
 
@@ -179,6 +187,7 @@ def main() -> None:
     ap.add_argument("--models", help="save each run's kept weights in this directory")
     ap.add_argument("--robustness", action="store_true", help="score robustness too (needs data/fonts)")
     ap.add_argument("--fonts", default="data/fonts", help="the render stage's outputs")
+    ap.add_argument("--robustness-csv", help="write each recipe's robustness means here (docs/robustness.csv)")
     args = ap.parse_args()  # fmt: skip
 
     base = params.override(params.zoo_model(args.model), args.set)
@@ -228,8 +237,10 @@ def main() -> None:
             files.write_text(out, "".join(json.dumps(r) + "\n" for r in done))
             print(f"scored {len(stale)} saved runs for robustness", flush=True)
     print(summary(done, list(recipes)))
-    if any("val_corruption_mean" in r for r in done):
-        print(robustness_summary(done, list(recipes)))
+    if means := robustness_means(done, list(recipes)):
+        print(robustness_summary(means))
+        if args.robustness_csv:
+            files.write_csv(args.robustness_csv, means)
 
 
 if __name__ == "__main__":

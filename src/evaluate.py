@@ -101,6 +101,7 @@ def main() -> None:
         "calibration_bins": bins,
         "robustness": robust,
         "corruptions": corrupted,
+        "corruption_counterparts": corruptions.COUNTERPARTS,
         "ood_fonts": by_family,
     }
     files.write_json(metrics_dir / "evaluate.json", result)

@@ -1,6 +1,7 @@
 """Stage report: reports/report.md and a self-contained reports/report.html of the run.
 
-Reads the run record, the metrics and figures the earlier stages wrote and (when present) the model-zoo table;
+Reads the run record, the metrics and figures the earlier stages wrote and (when present) the model-zoo table and
+the robustness of the clean-only and robust recipes over seeds (docs/robustness.csv, from benchmarks/recipes.py);
 compares with the metrics committed at ``report.baseline_rev``; logs both files to the run's MLflow record.
 """
 
@@ -13,13 +14,13 @@ from digits.errors import UserError
 from digits.reporting import committed_json, html_page, markdown, sections
 
 FIGURES = {"class_distribution": "preprocess", "samples": "preprocess", "training_curves": "train",
-           **dict.fromkeys(["confusion_matrix", "misclassified", "predictions", "reliability", "robustness"],
-                           "evaluate")}  # fmt: skip
+           **dict.fromkeys(["confusion_matrix", "misclassified", "predictions", "reliability", "robustness",
+                            "corruptions", "font_errors"], "evaluate")}  # fmt: skip
 
 
 def main() -> None:
     ap = stage.parser(__doc__)
-    for name in ("model_dir", "metrics_dir", "fig_dir", "zoo_csv", "out"):
+    for name in ("model_dir", "metrics_dir", "fig_dir", "zoo_csv", "robustness_csv", "out"):
         ap.add_argument(name)
     args = ap.parse_args()
     p = params.load(args.params).report
@@ -36,9 +37,11 @@ def main() -> None:
         if not path.is_file():
             raise UserError(f"{path}: not found; run the {FIGURES[name]} stage (dvc repro {FIGURES[name]})")
     zoo_rows = files.read_csv(zoo_path, "model-zoo") if zoo_path.is_file() else None
+    recipes_path = Path(args.robustness_csv)
+    recipe_rows = files.read_csv(recipes_path, "recipe robustness") if recipes_path.is_file() else None
     baseline = {k: committed_json(p.baseline_rev, metrics_dir / f"{k}.json") for k in ("evaluate", "train")}
     parts = sections({**run, "evaluation_run_id": evaluation["run_id"]}, train, ev, details, figs, baseline,
-                     p.baseline_rev, zoo_rows, zoo_path)  # fmt: skip
+                     p.baseline_rev, zoo_rows, zoo_path, recipe_rows)  # fmt: skip
     html_out = out.with_suffix(".html")
     files.write_text(out, markdown(p.title, parts, out))
     files.write_text(html_out, html_page(p.title, parts))

@@ -53,6 +53,23 @@ CORRUPTIONS: tuple[str, ...] = (
 )
 
 
+# The corruptions that a training augmentation (train.augment.*) resembles, and which one. Training never calls this
+# module, but these are close enough that their accuracy is not a measure of the unseen: ``summary`` also reports
+# the mean over the others (stripe, spatter, dotted line, zigzag, Canny edges).
+COUNTERPARTS: dict[str, str] = {
+    "shot_noise": "noise",
+    "impulse_noise": "noise",
+    "glass_blur": "blur",
+    "motion_blur": "blur",
+    "shear": "rotation_deg, zoom and elastic_px (affine and local distortions)",
+    "scale": "zoom",
+    "rotate": "rotation_deg",
+    "translate": "shift",
+    "brightness": "contrast (its background lift)",
+    "fog": "contrast (its background lift)",
+}
+
+
 def corrupt(x: torch.Tensor, name: str, seed: int) -> torch.Tensor:
     """``x`` [N, 1, 28, 28] in [0, 1] (ink bright on black) under the corruption ``name``, same shape, dtype
     and device, values in [0, 1]; the same seed gives bit-identical images."""
@@ -74,6 +91,17 @@ def evaluate(
         predicted = predict(corrupt(x, name, seed + i)).to(y.device)
         rows.append({"corruption": name, "accuracy": (predicted == y).double().mean().item()})
     return rows
+
+
+def summary(rows: list[dict[str, object]]) -> dict[str, object]:
+    """``evaluate``'s rows as metrics: the accuracy per corruption, their mean, and the mean over the corruptions
+    that no training augmentation resembles (not in ``COUNTERPARTS``)."""
+    unseen = [r["accuracy"] for r in rows if r["corruption"] not in COUNTERPARTS]
+    return {
+        "corruption": {r["corruption"]: r["accuracy"] for r in rows},
+        "corruption_mean": sum(r["accuracy"] for r in rows) / len(rows),
+        "corruption_mean_unseen": sum(unseen) / len(unseen),
+    }
 
 
 def examples(image: torch.Tensor, seed: int) -> list[tuple[str, torch.Tensor]]:

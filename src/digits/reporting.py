@@ -289,7 +289,7 @@ def sections(
         [r["condition"], pct(r["accuracy"]), f"{(r['accuracy'] - clean) * 100:+.2f} pp"] for r in details["robustness"]
     ]
     corrupted = [[r["corruption"].replace("_", " "), pct(r["accuracy"]), f"{(r['accuracy'] - clean) * 100:+.2f} pp",
-                  "yes" if r["corruption"] in ev.get("corruption_resembled", ()) else ""]
+                  details["corruption_counterparts"].get(r["corruption"], "")]
                  for r in details["corruptions"]]  # fmt: skip
     font_rows = [[f, v["images"], v["errors"], pct(v["accuracy"])] for f, v in details["ood_fonts"].items()
                  if v["accuracy"] is not None]  # fmt: skip
@@ -341,7 +341,7 @@ def sections(
                 fig["robustness"],
                 "**MNIST-C-style corruptions** (after Mu & Gilmer 2019; one severity each). A training augmentation "
                 f"resembles some of them: the mean over the others is **{pct(ev['corruption_mean_unseen'])}**.",
-                Table(["corruption", "accuracy", "vs clean", "like a training augmentation"], corrupted),
+                Table(["corruption", "accuracy", "vs clean", "a training augmentation like it"], corrupted),
                 fig["corruptions"],
                 f"**Font digits:** {pct(ev['ood_font_accuracy'])} of the held-out font families' digits (the render "
                 "stage; no MNIST writer made them, and no choice was made on these families).",
