@@ -14,6 +14,8 @@ import torch
 import yaml
 from helpers import clean_env, make_idx_dataset, store_uri
 
+from digits import corruptions, data, fonts, reporting
+
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[1]
 BASE_PARAMS = yaml.safe_load((REPO / "params.yaml").read_text())
@@ -50,6 +52,16 @@ def processed(tmp_path: Path) -> Path:
     return tmp_path / "processed"
 
 
+@pytest.fixture
+def font_file(processed: Path) -> Path:
+    """A stand-in for the render stage's held-out part: 40 processed test digits as two 'font families'."""
+    test = data.load_split(processed / "test.pt")
+    split = data.Split(test.images[:40], test.labels[:40])
+    path = processed.parent / "fonts" / "heldout.pt"
+    fonts.save(path, split, torch.arange(40) % 2, ["Family A", "Family B"])
+    return path
+
+
 def run_count(tmp: Path) -> int:
     if not (tmp / "mlflow.db").exists():
         return 0
@@ -57,7 +69,7 @@ def run_count(tmp: Path) -> int:
     return len(client.search_runs([e.experiment_id for e in client.search_experiments()]))
 
 
-def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Path):
+def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Path, font_file: Path):
     params = write_params(tmp_path / "params.yaml")
     stats = json.loads((processed / "stats.json").read_text())
     assert stats["sizes"] == {"train": 240, "val": 60, "test": 100}
@@ -67,13 +79,16 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     train = stage("train.py", processed, tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
                   params=params, tmp=tmp_path)
     assert train.returncode == 0, train.stderr
-    evaluate = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
+    evaluate = stage("evaluate.py", tmp_path / "models", processed / "test.pt", font_file, tmp_path / "metrics",
                      tmp_path / "figures", params=params, tmp=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr
     zoo = tmp_path / "zoo.csv"  # a small sample of the model-zoo table the report includes
     zoo.write_text("model,description,parameters,epochs_run,train_seconds,test_accuracy,notebook_claim\n"
                    "tiny_cnn,a sample row,1234,1,2.5,0.9876,99 %\n")  # fmt: skip
-    report = stage("report.py", tmp_path / "models", tmp_path / "metrics", tmp_path / "figures", zoo,
+    recipes = tmp_path / "robustness.csv"  # a sample of benchmarks/recipes.py --robustness-csv
+    columns = [column for _, _, column in reporting.ROBUSTNESS_COMPARED]
+    recipes.write_text(f"recipe,runs,{','.join(columns)}\nclean,4,{','.join(['0.9'] * len(columns))}\n")
+    report = stage("report.py", tmp_path / "models", tmp_path / "metrics", tmp_path / "figures", zoo, recipes,
                    tmp_path / "reports" / "report.md", params=params, tmp=tmp_path)
     assert report.returncode == 0, report.stderr
 
@@ -86,25 +101,39 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     assert evaluation["save_load_identical"] is True
     assert evaluation["save_load_max_abs_logit_diff_mlflow"] < 1e-4
     assert len(evaluation["robustness"]) == 14 and "rotation_-30" in evaluation["robustness"]
+    assert list(evaluation["corruption"]) == list(corruptions.CORRUPTIONS)
+    assert evaluation["corruption_mean"] == pytest.approx(sum(evaluation["corruption"].values()) / 15)
+    assert 0 <= evaluation["corruption_mean_unseen"] <= 1
+    assert 0 <= evaluation["ood_font_accuracy"] <= 1
     details = json.loads((tmp_path / "metrics" / "evaluation.json").read_text())
     assert sum(map(sum, details["confusion_matrix"])) == 100
     assert len(details["misclassified"]) == min(evaluation["test_errors"], 36)
     gaps = [e["gap"] for e in details["misclassified"]]
     assert gaps == sorted(gaps, reverse=True)
-    for name in ("confusion_matrix", "misclassified", "predictions", "reliability", "robustness"):
+    by_family = details["ood_fonts"]
+    assert list(by_family) == ["Family A", "Family B"] and sum(f["images"] for f in by_family.values()) == 40
+    errors = sum(f["errors"] for f in by_family.values())
+    assert evaluation["ood_font_accuracy"] == pytest.approx(1 - errors / 40)
+    fonts_plot = (tmp_path / "metrics" / "plots" / "fonts.csv").read_text().splitlines()
+    assert fonts_plot[0] == "family,accuracy" and len(fonts_plot) == 3
+    assert len((tmp_path / "metrics" / "plots" / "corruptions.csv").read_text().splitlines()) == 16
+    for name in ("confusion_matrix", "misclassified", "predictions", "reliability", "robustness", "corruptions",
+                 "font_errors"):  # fmt: skip
         assert (tmp_path / "figures" / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
 
     text = (tmp_path / "reports" / "report.md").read_text()
     page = (tmp_path / "reports" / "report.html").read_text()
     for section in ("Run identity", "Headline metrics", "What changed", "Per-class metrics (test set)",
-                    "Confusion matrix and most confused pairs", "Misclassified digits", "Calibration", "Robustness",
-                    "Training", "Data", "Comparison with historical MNIST results", "Model zoo"):  # fmt: skip
+                    "Confusion matrix and most confused pairs", "Misclassified digits", "Calibration",
+                    "Robustness and out-of-distribution", "Training", "Data", "Comparison with historical MNIST results", "Model zoo"):  # fmt: skip
         assert f"## {section}\n" in text and f"<h2>{section}</h2>" in page, section
     assert "![confusion matrix](../figures/confusion_matrix.png)" in text
     assert "No baseline" in text  # tmp_path is no git repository
     assert "| tiny_cnn | a sample row | 1234 | 1 | 2.5 | 98.76% | 99 % |" in text
     assert "99.77%" in text and "LeCun" in text
-    assert page.count('<img alt="') == 8 and page.count('src="data:image/png;base64,') == 8  # self-contained
+    assert "| metric | this run | clean (4 seeds) |" in text and "| held-out font digits |" in text
+    assert "| Family A | 20 |" in text and "MNIST-C-style" in text
+    assert page.count('<img alt="') == 10 and page.count('src="data:image/png;base64,') == 10  # self-contained
     assert run_count(tmp_path) == 1  # train, evaluate and report share one MLflow run
     client = mlflow.MlflowClient(tracking_uri=store_uri(tmp_path))
     [run] = client.search_runs([e.experiment_id for e in client.search_experiments()])
@@ -121,7 +150,7 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     ckpt["state_dict"] = {k: v + 0.5 if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
     torch.save(ckpt, tmp_path / "models" / "model.pt")
     before = (tmp_path / "metrics" / "evaluate.json").read_bytes()
-    evaluate = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
+    evaluate = stage("evaluate.py", tmp_path / "models", processed / "test.pt", font_file, tmp_path / "metrics",
                      tmp_path / "figures", params=params, tmp=tmp_path)
     assert evaluate.returncode == 2 and "Traceback" not in evaluate.stderr, evaluate.stderr
     assert "error: reloaded model predicts differently from the in-memory model: mlflow: " in evaluate.stderr
@@ -190,12 +219,12 @@ def test_preprocess_refuses_an_empty_validation_split(tmp_path: Path):
     assert not (tmp_path / "processed").exists()
 
 
-def test_evaluate_rejects_a_missing_checkpoint(tmp_path: Path, processed: Path):
+def test_evaluate_rejects_a_missing_checkpoint(tmp_path: Path, processed: Path, font_file: Path):
     client = mlflow.MlflowClient(tracking_uri=store_uri(tmp_path))
     run = client.create_run(client.create_experiment("digits"))
     (tmp_path / "models").mkdir()
     (tmp_path / "models" / "run.json").write_text(json.dumps({"run_id": run.info.run_id}))
-    proc = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
+    proc = stage("evaluate.py", tmp_path / "models", processed / "test.pt", font_file, tmp_path / "metrics",
                  tmp_path / "figures", params=write_params(tmp_path / "params.yaml"), tmp=tmp_path)
     assert proc.returncode == 2 and "model.pt: no checkpoint; run the train stage first" in proc.stderr
     assert not (tmp_path / "metrics").exists()
@@ -209,13 +238,14 @@ def test_train_without_stats_names_the_stage_to_run(tmp_path: Path, processed: P
     assert "stats.json: not found; run the preprocess stage (dvc repro preprocess)" in proc.stderr
 
 
-def test_evaluate_with_a_run_missing_from_the_store_is_a_clear_error(tmp_path: Path, processed: Path):
+def test_evaluate_with_a_run_missing_from_the_store_is_a_clear_error(tmp_path: Path, processed: Path,
+                                                                      font_file: Path):  # fmt: skip
     params = write_params(tmp_path / "params.yaml")
     train = stage("train.py", processed, tmp_path / "models", tmp_path / "metrics", tmp_path / "figures",
                   params=params, tmp=tmp_path)
     assert train.returncode == 0, train.stderr
     (tmp_path / "mlflow.db").unlink()  # e.g. a fresh clone whose models/ came from the DVC cache
-    proc = stage("evaluate.py", tmp_path / "models", processed / "test.pt", tmp_path / "metrics",
+    proc = stage("evaluate.py", tmp_path / "models", processed / "test.pt", font_file, tmp_path / "metrics",
                  tmp_path / "figures", params=params, tmp=tmp_path)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert "is not in sqlite:///" in proc.stderr and "dvc repro -f train" in proc.stderr
