@@ -125,7 +125,8 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     page = (tmp_path / "reports" / "report.html").read_text()
     for section in ("Run identity", "Headline metrics", "What changed", "Per-class metrics (test set)",
                     "Confusion matrix and most confused pairs", "Misclassified digits", "Calibration",
-                    "Robustness and out-of-distribution", "Training", "Data", "Comparison with historical MNIST results", "Model zoo"):  # fmt: skip
+                    "Robustness and out-of-distribution", "Training", "Data",
+                    "Comparison with historical MNIST results", "Model zoo"):  # fmt: skip
         assert f"## {section}\n" in text and f"<h2>{section}</h2>" in page, section
     assert "![confusion matrix](../figures/confusion_matrix.png)" in text
     assert "No baseline" in text  # tmp_path is no git repository
