@@ -249,3 +249,14 @@ def test_every_corruption_runs_on_the_gpu_seeded_and_in_range():
         out = corrupt(x, name, seed=3)
         assert out.device == x.device and out.dtype == x.dtype and out.shape == x.shape
         assert out.min() >= 0 and out.max() <= 1 and torch.equal(out, corrupt(x, name, seed=3))
+
+
+def test_summary_means_and_the_mean_over_corruptions_unlike_any_augmentation():
+    rows = [{"corruption": name, "accuracy": 0.5 if name in corruptions.COUNTERPARTS else 1.0} for name in CORRUPTIONS]
+    summary = corruptions.summary(rows)
+    assert summary["corruption"] == {r["corruption"]: r["accuracy"] for r in rows}
+    assert summary["corruption_mean_unseen"] == 1.0
+    assert summary["corruption_mean"] == pytest.approx((10 * 0.5 + 5) / 15)
+    assert set(corruptions.COUNTERPARTS) < set(CORRUPTIONS)
+    assert set(CORRUPTIONS) - set(corruptions.COUNTERPARTS) == {"stripe", "spatter", "dotted_line", "zigzag",
+                                                               "canny_edges"}  # fmt: skip

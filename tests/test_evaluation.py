@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from digits import figures, metrics, reload, reporting, robustness
+from digits import corruptions, figures, metrics, reload, reporting, robustness
 from digits.reporting import Figure, Section, Table
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -183,9 +183,12 @@ def test_every_evaluate_figure_is_a_valid_png(tmp_path: Path):
     figures.prediction_samples(images, labels, probs.numpy(), [0, 1, 2, 5], tmp_path / "predictions.png")
     figures.reliability_diagram(bins, ece, tmp_path / "reliability.png")
     figures.robustness(rows, examples, tmp_path / "robustness.png")
+    corrupted = [{"corruption": name, "accuracy": 0.9} for name in corruptions.CORRUPTIONS]
+    corrupted_examples = [(n, im.numpy()) for n, im in corruptions.examples(digit_like(1)[0], 0)]
+    figures.corruptions(0.99, corrupted, corrupted_examples, set(corruptions.COUNTERPARTS), tmp_path / "corr.png")
     figures.confusion_matrix(metrics.confusion(torch.from_numpy(labels), probs.argmax(1)), tmp_path / "cm.png")
     written = sorted(tmp_path.glob("*.png"))
-    assert len(written) == 6
+    assert len(written) == 7
     for path in written:
         data = path.read_bytes()
         assert data[:8] == PNG_MAGIC and data[12:16] == b"IHDR", path

@@ -207,8 +207,8 @@ def robustness(rows: list[dict], examples: list[tuple[str, np.ndarray]], path: s
     ax.axvline(rows[0]["accuracy"], color="k", ls="--", lw=1)
     ax.set(xlabel="test accuracy", title=title)
     if legend:
-        ax.legend([plt.Rectangle((0, 0), 1, 1, color=color[f]) for f in families], families, loc="lower left",
-                  fontsize=8)  # fmt: skip
+        ax.legend([plt.Rectangle((0, 0), 1, 1, color=color[f]) for f in families], families, loc="upper center",
+                  bbox_to_anchor=(0.5, -0.09), ncol=len(families), frameon=False, fontsize=8)  # fmt: skip
     save(fig, path)
 
 
