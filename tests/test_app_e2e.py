@@ -1,7 +1,9 @@
 """End to end: the draw-a-digit app on the champion of a small real pipeline (`dvc repro register`), started as a
 user starts it (`digits-app` in the project), driven by Debian's Chromium through Playwright: digits 0–9 drawn
 as strokes with a mouse, a finger and a pen, undo and clear, uploads; then the JSON API's answers and its refusals
-of bad input, after which it still serves. Screenshots go to the test's output directory."""
+of bad input, after which it still serves. Screenshots go to the test's output directory. Also digits-predict on
+the held-out font digits saved as image files of several sizes and both polarities: it reads them as the evaluate
+stage does."""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ import socket
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pytest
+import torch
 from helpers import (
     BIN,
     CHROMIUM_FLAGS,
@@ -34,7 +38,7 @@ from helpers import (
 )
 from PIL import Image
 
-from digits import data, imageprep
+from digits import data, fonts, imageprep, params, training
 
 pytestmark = [pytest.mark.e2e, pytest.mark.browser]
 
@@ -313,3 +317,74 @@ def test_the_app_command_names_what_is_wrong_with_the_model(project, tmp_path):
     unknown = subprocess.run([str(BIN / "digits-app"), "--model", "models:/no-such-model@champion"], cwd=project,
                              env=clean_env(), capture_output=True, text=True, timeout=300)  # fmt: skip
     assert unknown.returncode == 2 and "cannot load model models:/no-such-model@champion" in unknown.stderr
+
+
+# How each held-out font digit is saved for digits-predict: (canvas side in px, None = as drawn; light ink on black
+# (as drawn) or dark ink on white; format). The drawn canvases are 60–130 px: 64 px shrinks most, 300 px enlarges.
+FONT_VARIANTS: dict[str, tuple[int | None, bool, str]] = {
+    "drawn, light on black": (None, True, "PNG"),
+    "drawn, dark on white": (None, False, "PNG"),
+    "64 px, light on black": (64, True, "PNG"),
+    "64 px, dark on white": (64, False, "PNG"),
+    "300 px, light on black": (300, True, "PNG"),
+    "300 px, dark on white": (300, False, "PNG"),
+    "300 px, dark on white, JPEG": (300, False, "JPEG"),
+}
+
+
+ACCURACY_MARGIN, MIN_AGREEMENT = 0.03, 0.95  # TODO measured
+
+
+def heldout_glyphs(project: Path) -> tuple[data.Split, list[np.ndarray]]:
+    """The project's held-out font digits rendered again by the render stage's own code (same fonts, params and
+    seed), with each drawn glyph before the MNIST-style preparation: uint8, light ink on black, any size."""
+    p = params.load(project / "params.yaml").render
+    found = fonts.find(p.heldout)
+    seed = np.random.default_rng([p.seed, fonts.PARTS.index("heldout")])
+    with mock.patch.object(imageprep, "prepare", wraps=imageprep.prepare) as prepare:
+        split, _ = fonts.render([found.fonts[name] for name in p.heldout if name in found.fonts], p, seed)
+    return split, [np.rint(call.args[0] * 255).astype(np.uint8) for call in prepare.call_args_list]
+
+
+def save_variant(glyph: np.ndarray, side: int | None, light_on_black: bool, fmt: str, path: Path) -> None:
+    img = Image.fromarray(glyph if light_on_black else 255 - glyph)
+    if side is not None:
+        img = img.resize((side, side), Image.Resampling.LANCZOS)
+    if fmt == "JPEG":
+        img.convert("RGB").save(path, fmt, quality=90)
+    else:
+        img.save(path, fmt)
+
+
+def test_digits_predict_on_font_digit_files_agrees_with_the_evaluate_stage(project, tmp_path):
+    """The held-out font digits (20 of each class, the evaluate stage's own), saved as PNG/JPEG files in several
+    sizes and both polarities: digits-predict on the checkpoint reads each variant about as the evaluate stage
+    read the prepared tensors (its ood_font_accuracy), image by image."""
+    split, glyphs = heldout_glyphs(project)
+    stage = fonts.load(project / "data" / "fonts" / "heldout.pt")[0]
+    assert torch.equal(split.images, stage.images) and torch.equal(split.labels, stage.labels)  # the stage's path
+    model, _ = training.load_checkpoint(project / "models" / "model.pt")
+    with torch.no_grad():
+        stage_pred = training.predict_logits(model, data.to_device(split, torch.device("cpu"))[0]).argmax(1).numpy()
+    labels, n = split.labels.numpy(), len(split)
+    stage_acc = float((stage_pred == labels).mean())
+    reported = json.loads((project / "metrics" / "evaluate.json").read_text())["ood_font_accuracy"]
+    assert abs(stage_acc - reported) <= 1 / n + 1e-9, (stage_acc, reported)  # at most one image (device numerics)
+
+    paths: dict[str, list[str]] = {}
+    for v, (name, (side, light, fmt)) in enumerate(FONT_VARIANTS.items()):
+        paths[name] = [str(tmp_path / f"v{v}-{i:03d}-{labels[i]}.{fmt.lower()}") for i in range(n)]
+        for glyph, path in zip(glyphs, paths[name], strict=True):
+            save_variant(glyph, side, light, fmt, Path(path))
+    cli = subprocess.run([str(BIN / "digits-predict"), "--checkpoint", "models/model.pt", "--json",
+                          *itertools.chain(*paths.values())], cwd=project, env=clean_env(), capture_output=True,
+                         text=True, timeout=600)  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-4000:]
+    answers = iter(json.loads(cli.stdout))
+    measured = {}
+    for name in FONT_VARIANTS:
+        pred = np.array([next(answers)["class"] for _ in range(n)])
+        measured[name] = (float((pred == labels).mean()), float((pred == stage_pred).mean()))
+    print(f"stage path {stage_acc:.3f} (evaluate.json {reported:.3f}); variant: (accuracy, agreement) {measured}")
+    for name, (accuracy, agreement) in measured.items():
+        assert abs(accuracy - stage_acc) <= ACCURACY_MARGIN and agreement >= MIN_AGREEMENT, (name, stage_acc, measured)

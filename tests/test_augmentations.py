@@ -203,3 +203,18 @@ def test_no_training_augmentation_uses_the_robustness_benchmark():
         imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         imported |= {f"digits.{a.name}" for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) for a in n.names}
         assert not {"digits.robustness", "digits.corruptions"} & imported, module
+
+
+def test_robust_share_leaves_the_other_images_as_they_were():
+    x = digits(200)
+    everything = augmentations.apply(x, TYPICAL, gen(), share=1.0)
+    none = augmentations.apply(x, TYPICAL, gen(), share=0.0)
+    half = augmentations.apply(x, TYPICAL, gen(), share=0.5)
+    assert torch.equal(none, x)
+    assert not torch.equal(everything, x)
+    untouched = (half == x).flatten(1).all(1)
+    assert 0.35 < untouched.float().mean() < 0.65
+    changed = ~untouched
+    assert torch.equal(half[changed], everything[changed])  # the same draws as with every image, kept for some
+    assert torch.equal(half, augmentations.apply(x, TYPICAL, gen(), share=0.5))
+    assert augmentations.apply(x, dict.fromkeys(TYPICAL, 0.0), gen(), share=0.5) is x  # all off: nothing drawn

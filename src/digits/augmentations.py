@@ -147,8 +147,14 @@ TRANSFORMS = {"thickness": thickness, "lowres": lowres, "blur": blur, "erasing":
 """The transforms in the order ``apply`` runs them: strokes, optics, occlusion, then the sensor."""
 
 
-def apply(x: torch.Tensor, strengths: Mapping[str, float], generator: torch.Generator) -> torch.Tensor:
-    """Every transform of ``TRANSFORMS`` at ``strengths[name]``, in order; all 0: ``x`` itself."""
+def apply(x: torch.Tensor, strengths: Mapping[str, float], generator: torch.Generator, share: float = 1.0
+          ) -> torch.Tensor:  # fmt: skip
+    """Every transform of ``TRANSFORMS`` at ``strengths[name]``, in order, for a random ``share`` of the samples (the
+    others are returned unchanged); all strengths 0: ``x`` itself, no random numbers drawn."""
+    out = x
     for name, transform in TRANSFORMS.items():
-        x = transform(x, strengths[name], generator)
-    return x
+        out = transform(out, strengths[name], generator)
+    if out is x or share >= 1:
+        return out
+    keep = _per_sample(_rand(x, len(x), generator=generator) >= share, x)
+    return torch.where(keep, x, out)

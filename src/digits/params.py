@@ -49,6 +49,7 @@ class AugmentParams(Section):
     erasing: Annotated[float, Field(ge=0, le=1)] = 0.0  # probability of erasing a rectangle
     contrast: Annotated[float, Field(ge=0, le=1)] = 0.0  # gain e^(±contrast), background lift ≤ 0.1·contrast
     noise: Annotated[float, Field(ge=0, le=1)] = 0.0  # Gaussian noise σ, at most
+    robust_share: Annotated[float, Field(ge=0, le=1)] = 1.0  # share of the images that get the six above
 
 
 def _ordered(span: tuple[float, float]) -> tuple[float, float]:
