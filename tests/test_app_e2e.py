@@ -320,7 +320,7 @@ def test_the_app_command_names_what_is_wrong_with_the_model(project, tmp_path):
 
 
 # How each held-out font digit is saved for digits-predict: (canvas side in px, None = as drawn; light ink on black
-# (as drawn) or dark ink on white; format). The drawn canvases are 60–130 px: 64 px shrinks most, 300 px enlarges.
+# (as drawn) or dark ink on white; format). The drawn canvases are 44–376 px: 64 px shrinks all, 300 px enlarges most.
 FONT_VARIANTS: dict[str, tuple[int | None, bool, str]] = {
     "drawn, light on black": (None, True, "PNG"),
     "drawn, dark on white": (None, False, "PNG"),
@@ -332,7 +332,13 @@ FONT_VARIANTS: dict[str, tuple[int | None, bool, str]] = {
 }
 
 
-ACCURACY_MARGIN, MIN_AGREEMENT = 0.03, 0.95  # TODO measured
+# Measured on the fixture's model (200 digits, stage path 0.905 = evaluate.json): as drawn 0.905 and 100 % agreement
+# (the same pixels: only the stage's rounding to uint8 differs), 64 px 0.900 and 300 px (PNG or JPEG) 0.920, each
+# 97.5 % agreement (5 digits read differently). Broken preparations, tried by hand: no polarity inversion reads dark on
+# white at 0.11 (13 % agreement), no centring (top left) 0.33 (35 %), the aspect ratio not kept 0.85–0.87 (90 %).
+# The margins leave room for another machine's model: 3 pp = 6 digits (measured ≤ 3), 95 % = 10 digits (measured 5);
+# as drawn 99 % = 2 digits that the uint8 rounding may flip (measured 0).
+ACCURACY_MARGIN, MIN_AGREEMENT, MIN_AGREEMENT_AS_DRAWN = 0.03, 0.95, 0.99
 
 
 def heldout_glyphs(project: Path) -> tuple[data.Split, list[np.ndarray]]:
@@ -340,9 +346,9 @@ def heldout_glyphs(project: Path) -> tuple[data.Split, list[np.ndarray]]:
     seed), with each drawn glyph before the MNIST-style preparation: uint8, light ink on black, any size."""
     p = params.load(project / "params.yaml").render
     found = fonts.find(p.heldout)
-    seed = np.random.default_rng([p.seed, fonts.PARTS.index("heldout")])
+    rng = np.random.default_rng([p.seed, fonts.PARTS.index("heldout")])  # render.py's seed for this part
     with mock.patch.object(imageprep, "prepare", wraps=imageprep.prepare) as prepare:
-        split, _ = fonts.render([found.fonts[name] for name in p.heldout if name in found.fonts], p, seed)
+        split, _ = fonts.render([found.fonts[name] for name in p.heldout if name in found.fonts], p, rng)
     return split, [np.rint(call.args[0] * 255).astype(np.uint8) for call in prepare.call_args_list]
 
 
@@ -387,4 +393,5 @@ def test_digits_predict_on_font_digit_files_agrees_with_the_evaluate_stage(proje
         measured[name] = (float((pred == labels).mean()), float((pred == stage_pred).mean()))
     print(f"stage path {stage_acc:.3f} (evaluate.json {reported:.3f}); variant: (accuracy, agreement) {measured}")
     for name, (accuracy, agreement) in measured.items():
-        assert abs(accuracy - stage_acc) <= ACCURACY_MARGIN and agreement >= MIN_AGREEMENT, (name, stage_acc, measured)
+        least = MIN_AGREEMENT_AS_DRAWN if FONT_VARIANTS[name][0] is None else MIN_AGREEMENT
+        assert abs(accuracy - stage_acc) <= ACCURACY_MARGIN and agreement >= least, (name, stage_acc, measured)
