@@ -25,9 +25,10 @@ def project(tmp_path_factory, mnist_raw) -> Path:
     return git_project(tmp_path_factory.mktemp("clone") / "digits", REPO,
                        small_data(mnist_raw, 3000, 1000, compile_inference=True, width=8, epochs=1, batch_size=128))
 PLOT_TITLES = ("Loss", "Accuracy", "Learning rate", "Per-class F1 (test)", "Confusion matrix (test)",
-               "Reliability (test; accuracy per confidence bin)", "Robustness (test accuracy under perturbations)")
+               "Reliability (test; accuracy per confidence bin)", "Robustness (test accuracy under perturbations)",
+               "MNIST-C-style corruptions (test accuracy)", "Held-out font digits (accuracy per font family)")
 PNGS = ("class_distribution", "samples", "training_curves", "confusion_matrix", "misclassified", "predictions",
-        "reliability", "robustness")
+        "reliability", "robustness", "corruptions", "font_errors")
 
 
 def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
