@@ -132,7 +132,7 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
     assert "No baseline" in text  # tmp_path is no git repository
     assert "| tiny_cnn | a sample row | 1234 | 1 | 2.5 | 98.76% | 99 % |" in text
     assert "99.77%" in text and "LeCun" in text
-    assert "| metric | this run | clean (4 seeds) |" in text and "| held-out font digits |" in text
+    assert "| metric | this run | clean (mean of 4) |" in text and "| held-out font digits |" in text
     assert "| Family A | 20 |" in text and "MNIST-C-style" in text
     assert page.count('<img alt="') == 10 and page.count('src="data:image/png;base64,') == 10  # self-contained
     assert run_count(tmp_path) == 1  # train, evaluate and report share one MLflow run

@@ -189,7 +189,7 @@ ROBUSTNESS_COMPARED = (
 def robustness_comparison(ev: dict, recipes: list[dict[str, str]]) -> Table:
     """This run's robustness next to each recipe's mean over seeds (docs/robustness.csv rows)."""
     worst = min(ev["robustness"].values())
-    header = ["metric", "this run"] + [f"{r['recipe']} ({r['runs']} seeds)" for r in recipes]
+    header = ["metric", "this run"] + [f"{r['recipe']} (mean of {r['runs']})" for r in recipes]
     rows = [
         [label, f"{(ev[key] if key else worst):.2%}"] + [f"{float(r[column]):.2%}" for r in recipes]
         for label, key, column in ROBUSTNESS_COMPARED
