@@ -23,8 +23,11 @@ import argparse
 import json
 import math
 import multiprocessing
+import os
+import signal
 import statistics
 import sys
+import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -38,8 +41,16 @@ _stats: dict = {}
 VAL_SEED = 1000  # robustness seeds on the validation split: apart from evaluate's test-time seeds (evaluate.seed)
 
 
+def _exit_with(parent: int) -> None:
+    """End this worker as soon as ``parent`` (the main process) is gone, however it ended."""
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(1)
+
+
 def _load(data_dir: str, threads: int, fonts_dir: str | None = None) -> None:
     """Worker start: the processed splits (and the font digits, for robustness), once per process."""
+    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
     torch.set_num_threads(threads)
     for name in ("train", "val", "test"):
         _splits[name] = data.load_split(Path(data_dir) / f"{name}.pt")
@@ -207,6 +218,8 @@ def main() -> None:
           flush=True)  # fmt: skip
     fonts_dir = args.fonts if args.robustness else None
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
+    for sig in (signal.SIGINT, signal.SIGTERM):  # finished runs are on disk: stop now, and the workers follow
+        signal.signal(sig, lambda num, _: (print(f"stopped by signal {num}", flush=True), os._exit(128 + num)))
     with ProcessPoolExecutor(args.jobs, ctx, initializer=_load, initargs=(args.data, threads, fonts_dir)) as pool:
         running: set = set()
         while todo or running:

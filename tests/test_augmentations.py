@@ -18,8 +18,10 @@ from digits.params import AugmentParams, ParamsError, TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
 NEW = list(augmentations.TRANSFORMS)
-MAXIMUM = {"thickness": 1.0, "lowres": 0.75, "blur": 5.0, "erasing": 1.0, "contrast": 1.0, "noise": 1.0}
-TYPICAL = {"thickness": 1.0, "lowres": 0.75, "blur": 2.0, "erasing": 0.5, "contrast": 1.0, "noise": 0.3}
+MAXIMUM = {"thickness": 1.0, "outline": 1.0, "lowres": 0.75, "blur": 5.0, "erasing": 1.0, "scribble": 1.0, "shading": 4.0,
+           "contrast": 1.0, "noise": 1.0}  # fmt: skip
+TYPICAL = {"thickness": 1.0, "outline": 0.5, "lowres": 0.75, "blur": 2.0, "erasing": 0.5, "scribble": 0.5, "shading": 2.0,
+           "contrast": 1.0, "noise": 0.3}  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -68,7 +70,8 @@ def test_seeded_in_range_and_keeps_shape_dtype_device(name: str):
     assert at_most.min() >= 0 and at_most.max() <= 1
 
 
-@pytest.mark.parametrize("name", [n for n in NEW if n != "erasing"])  # erasing removes ink: it may move the mass
+@pytest.mark.parametrize("name", [n for n in NEW if n not in ("erasing", "scribble", "shading")])  # these add or
+# remove ink or light off the digit: they may move the mass
 def test_the_digit_stays_where_it_was(name: str):
     x = digits()
     before, after = centre_of_mass(x), centre_of_mass(augmentations.TRANSFORMS[name](x, TYPICAL[name], gen()))
@@ -217,7 +220,27 @@ def test_robust_share_leaves_the_other_images_as_they_were():
     assert not torch.equal(everything, x)
     untouched = (half == x).flatten(1).all(1)
     assert 0.35 < untouched.float().mean() < 0.65
-    changed = ~untouched
-    assert torch.equal(half[changed], everything[changed])  # the same draws as with every image, kept for some
     assert torch.equal(half, augmentations.apply(x, TYPICAL, gen(), share=0.5))
     assert augmentations.apply(x, dict.fromkeys(TYPICAL, 0.0), gen(), share=0.5) is x  # all off: nothing drawn
+    # only the chosen images are computed: after the choice, they get what share 1 gives a batch of them alone
+    g = gen()
+    chosen = (torch.rand(len(x), generator=g) < 0.5).nonzero().squeeze(1)
+    assert torch.equal(half[chosen], augmentations.apply(x[chosen], TYPICAL, g))
+    assert not untouched[chosen].any()
+
+
+@pytest.mark.parametrize(("name", "strength"), [("outline", 1.0), ("scribble", 1.0), ("shading", 4.0)])
+def test_what_the_stroke_and_light_transforms_do(name: str, strength: float):
+    x = digits(64)
+    out = augmentations.TRANSFORMS[name](x, strength, gen())
+    ink, background = x > 0.5, x == 0
+    if name == "outline":  # probability 1: every stroke hollow, its middle dark, its edges bright, nothing far away
+        thick = augmentations._erode3(augmentations._erode3(x)) > 0.9
+        assert out[thick].max() < 0.2 and out[ink & ~thick].mean() > 0.3 and out[augmentations._max3(x) == 0].max() == 0
+    elif name == "scribble":  # probability 1: ink is only added, to every image, some of it off the digit
+        assert (out >= x).all() and ((out - x).flatten(1).amax(1) >= 0.3).all()
+        assert (out[background] > 0).float().mean() > 0.02
+    else:  # the background is lifted unevenly, the ink still brighter than the background around it
+        lifted = out[background]
+        assert lifted.min() >= 0 and lifted.std() > 0.01 and out.max() <= 1
+        assert (out.flatten(1).amax(1) > out.flatten(1).median(1).values).all()

@@ -5,9 +5,12 @@ training augmentations (ours vs. kornia)."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -67,6 +70,51 @@ def test_recipe_comparison_records_each_run_resumes_and_refuses_changed_recipes(
     assert again_a1["threads"] == a1["threads"]
     assert {k: again_a1[k] for k in ("val_accuracy", "val_loss", "test_accuracy")} == {
         k: a1[k] for k in ("val_accuracy", "val_loss", "test_accuracy")}  # fmt: skip
+
+
+def _state(pid: int) -> tuple[str, int] | None:
+    """A live process's state letter and parent pid (Linux /proc); None once it has gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    return fields[0], int(fields[1])
+
+
+def _children(pid: int) -> set[int]:
+    states = {int(p.name): _state(int(p.name)) for p in Path("/proc").iterdir() if p.name.isdigit()}
+    return {child for child, state in states.items() if state and state[1] == pid}
+
+
+def _running(pid: int) -> bool:
+    return (_state(pid) or ("Z", 0))[0] != "Z"
+
+
+@pytest.mark.skipif(not Path("/proc/self/stat").exists(), reason="reads the process table from /proc")
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT])
+def test_a_stopped_recipe_comparison_leaves_no_worker_training(processed: Path, sig: signal.Signals) -> None:
+    out = processed / "runs.jsonl"
+    proc = subprocess.Popen([sys.executable, str(REPO / "benchmarks" / "recipes.py"), *TINY, "--set=epochs=500",
+                             "--seeds=1,2", "--jobs=2", f"--out={out}", "--recipe", "a"], cwd=processed,
+                            env=clean_env(), stdout=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert "2 runs to do" in proc.stdout.readline()
+        deadline = time.monotonic() + 60
+        while len(workers := _children(proc.pid)) < 2 and time.monotonic() < deadline:  # the pool's two workers
+            time.sleep(0.2)
+        assert len(workers) >= 2
+        time.sleep(2)  # training
+        proc.send_signal(sig)
+        assert proc.wait(timeout=30) == 128 + sig
+        deadline = time.monotonic() + 15
+        while (alive := {w for w in workers if _running(w)}) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not alive, f"workers still running after the main process stopped: {alive}"
+        assert not out.exists() or not out.read_text()  # no run had finished
+    finally:
+        proc.kill()
+        for w in _children(proc.pid):
+            os.kill(w, signal.SIGKILL)
 
 
 def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:

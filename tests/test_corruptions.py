@@ -256,7 +256,6 @@ def test_summary_means_and_the_mean_over_corruptions_unlike_any_augmentation():
     summary = corruptions.summary(rows)
     assert summary["corruption"] == {r["corruption"]: r["accuracy"] for r in rows}
     assert summary["corruption_mean_unseen"] == 1.0
-    assert summary["corruption_mean"] == pytest.approx((10 * 0.5 + 5) / 15)
+    assert summary["corruption_mean"] == pytest.approx((13 * 0.5 + 2) / 15)
     assert set(corruptions.COUNTERPARTS) < set(CORRUPTIONS)
-    assert set(CORRUPTIONS) - set(corruptions.COUNTERPARTS) == {"stripe", "spatter", "dotted_line", "zigzag",
-                                                               "canny_edges"}  # fmt: skip
+    assert set(CORRUPTIONS) - set(corruptions.COUNTERPARTS) == {"stripe", "spatter"}

@@ -17,9 +17,9 @@ from digits.data import DataError
 from digits.params import AugmentParams, TrainParams
 
 ARCH: dict[str, dict[str, Any]] = {
-    "mlp": {"hidden": [32, 16], "dropout": 0.0, "batchnorm": False},
+    "mlp": {"hidden": [32, 16], "dropout": 0.0, "batchnorm": False, "stretch": False},
     "cnn": {"width": 8, "dropout": 0.0, "depth": 1, "head": 0, "stages": 3, "block_dropout": 0.0, "last_width": 0,
-            "last_pool": "floor"},
+            "last_pool": "floor", "stretch": False},
 }
 
 
@@ -392,6 +392,27 @@ def test_checkpoint_round_trip(name: str, tmp_path: Path, train_xy, val_xy) -> N
     assert loaded[0].mean.item() == pytest.approx(0.1307)
     assert loaded[0].std.item() == pytest.approx(0.3081)
     assert torch.equal(training.predict_logits(loaded, x), expected)
+
+
+def test_stretch_maps_each_images_range_to_0_1_and_travels_in_the_checkpoint(tmp_path: Path, train_xy, val_xy):
+    x, _ = val_xy
+    dim, lifted = 0.6 * x, 0.5 + 0.5 * x  # a faint digit; a digit on a grey background
+    stretch = models.Stretch()
+    for changed in (dim, lifted):
+        assert torch.allclose(stretch(changed), stretch(x), atol=1e-5)
+    assert stretch(torch.zeros(2, 1, 28, 28)).abs().max() == 0  # a blank image stays blank
+    kwargs = {**ARCH["cnn"], "stretch": True}
+    model = models.build("cnn", mean=0.1307, std=0.3081, **kwargs)
+    assert isinstance(model[0], models.Stretch)
+    training.fit(model, train_xy, val_xy, train_params(arch="cnn", epochs=1))
+    path = tmp_path / "model.pt"
+    training.save_checkpoint(path, model, {"arch": "cnn", "model_kwargs": kwargs})
+    loaded, _ = training.load_checkpoint(path)
+    assert isinstance(loaded[0], models.Stretch)
+    assert torch.equal(training.predict_logits(loaded, lifted), training.predict_logits(model, lifted))
+    # a checkpoint from before the key existed rebuilds without it
+    old = {k: v for k, v in ARCH["cnn"].items() if k != "stretch"}
+    assert isinstance(models.build("cnn", mean=0.0, std=1.0, **old)[0], models.Standardize)
 
 
 def test_load_checkpoint_garbage_file(tmp_path: Path) -> None:

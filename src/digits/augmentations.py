@@ -1,5 +1,5 @@
-"""Per-sample training augmentations beyond the geometric ones of ``data.augment``: stroke thickness, low
-resolution, blur, erasing, contrast and noise, each batched on the training device.
+"""Per-sample training augmentations beyond the geometric ones of ``data.augment``: stroke thickness, outlines, low
+resolution, blur, erasing, scribbles, uneven lighting, contrast and noise, each batched on the training device.
 
 Each takes a batch ``x`` [N, C, H, W] in [0, 1], a strength (0: off, ``x`` itself returned and no random numbers
 drawn) and the training ``generator`` (every random draw comes from it, so a seed repeats a run bit for bit), and
@@ -9,6 +9,7 @@ rectangle, …) up to the strength, so a batch mixes clean and strongly changed 
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 
 import torch
@@ -142,19 +143,77 @@ def noise(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch
     return (x + sigma * z).clamp(0, 1)
 
 
-TRANSFORMS = {"thickness": thickness, "lowres": lowres, "blur": blur, "erasing": erasing, "contrast": contrast,
-              "noise": noise}  # fmt: skip
-"""The transforms in the order ``apply`` runs them: strokes, optics, occlusion, then the sensor."""
+def _erode3(x: torch.Tensor) -> torch.Tensor:
+    """Minimum over each pixel's 3×3 neighbourhood, for ``x`` in [0, 1] (outside the image counts as ink)."""
+    return 1 - _max3(1 - x)
+
+
+def outline(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """Hollow strokes: with ``probability`` per sample, the image replaced by its morphological gradient (3×3 grey
+    dilation minus erosion), which keeps a stroke's two edges and drops its middle, as an edge detector or a pen
+    tracing the contour would draw it."""
+    if not probability:
+        return x
+    hit = _per_sample(_rand(x, len(x), generator=generator) < probability, x)
+    return torch.where(hit, (_max3(x) - _erode3(x)).clamp(0, 1), x)
+
+
+SCRIBBLE_WIDTH = (0.8, 2.5)  # scribble: stroke width in px
+SCRIBBLE_PERIOD = (3.0, 8.0)  # scribble: px per dash and per zigzag tooth
+
+
+def scribble(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
+    """A stray pen stroke: with ``probability`` per sample, one line across the image (uniform angle, through a
+    point within 7 px of the centre), of uniform width in ``SCRIBBLE_WIDTH`` and ink in [0.5, 1], straight or
+    zigzag (tooth height up to 2 px), solid or dashed (each half of the time), anti-aliased, drawn over the digit."""
+    if not probability:
+        return x
+    n, h, w = len(x), *x.shape[-2:]
+    hit, angle, cx, cy, width, ink, teeth, zigzag, dashed, period, phase = (
+        v.view(-1, 1, 1) for v in _rand(x, 11, n, generator=generator))  # fmt: skip
+    cos, sin = torch.cos(angle * math.pi), torch.sin(angle * math.pi)
+    dx = torch.arange(w, device=x.device, dtype=x.dtype) - ((cx * 2 - 1) * 7 + (w - 1) / 2)  # [N, 1, W]
+    dy = torch.arange(h, device=x.device, dtype=x.dtype).view(-1, 1) - ((cy * 2 - 1) * 7 + (h - 1) / 2)  # [N, H, 1]
+    period = SCRIBBLE_PERIOD[0] + period * (SCRIBBLE_PERIOD[1] - SCRIBBLE_PERIOD[0])
+    cycle = torch.frac((dx * cos + dy * sin) / period + phase)  # position along the line within a tooth or dash
+    tooth = teeth * 2 * (zigzag < 0.5) * (2 * (cycle - 0.5).abs() - 0.5)  # a triangle wave across the line
+    half = (SCRIBBLE_WIDTH[0] + width * (SCRIBBLE_WIDTH[1] - SCRIBBLE_WIDTH[0])) / 2
+    stroke = (half + 0.5 - (dy * cos - dx * sin - tooth).abs()).clamp(0, 1)
+    stroke = stroke * ((cycle < 0.5) | (dashed >= 0.5)) * (0.5 + ink / 2) * (hit < probability)
+    return torch.maximum(x, stroke.unsqueeze(1))
+
+
+SHADING_GRID = 4  # shading: the random light field's control points per side
+
+
+def shading(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch.Tensor:
+    """Uneven lighting: a smooth random background f in [0, 1] (a ``SHADING_GRID``² grid of uniform values,
+    upsampled bicubically) added with a per-sample weight a ~ U(0, strength), and the sum scaled back into [0, 1]:
+    ``(x + a·f) / (1 + a)``. The ink then stands out from a bright, uneven background by less than it did."""
+    if not strength:
+        return x
+    n, h, w = len(x), *x.shape[-2:]
+    a = _per_sample(_rand(x, n, generator=generator) * strength, x)
+    grid = _rand(x, n, 1, SHADING_GRID, SHADING_GRID, generator=generator)
+    light = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=True).clamp(0, 1)
+    return (x + a * light) / (1 + a)
+
+
+TRANSFORMS = {"thickness": thickness, "outline": outline, "lowres": lowres, "blur": blur, "erasing": erasing,
+              "scribble": scribble, "shading": shading, "contrast": contrast, "noise": noise}  # fmt: skip
+"""The transforms in the order ``apply`` runs them: strokes, optics, occlusion and clutter, then light and the
+sensor."""
 
 
 def apply(x: torch.Tensor, strengths: Mapping[str, float], generator: torch.Generator, share: float = 1.0
           ) -> torch.Tensor:  # fmt: skip
     """Every transform of ``TRANSFORMS`` at ``strengths[name]``, in order, for a random ``share`` of the samples (the
-    others are returned unchanged); all strengths 0: ``x`` itself, no random numbers drawn."""
-    out = x
+    others are returned unchanged; only the chosen ones are computed); all strengths 0: ``x`` itself, no random
+    numbers drawn."""
+    if not any(strengths[name] for name in TRANSFORMS):
+        return x
+    chosen = None if share >= 1 else (_rand(x, len(x), generator=generator) < share).nonzero().squeeze(1)
+    out = x if chosen is None else x[chosen]
     for name, transform in TRANSFORMS.items():
         out = transform(out, strengths[name], generator)
-    if out is x or share >= 1:
-        return out
-    keep = _per_sample(_rand(x, len(x), generator=generator) >= share, x)
-    return torch.where(keep, x, out)
+    return out if chosen is None else x.index_copy(0, chosen, out)

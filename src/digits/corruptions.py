@@ -55,7 +55,7 @@ CORRUPTIONS: tuple[str, ...] = (
 
 # The corruptions that a training augmentation (train.augment.*) resembles, and which one. Training never calls this
 # module, but these are close enough that their accuracy is not a measure of the unseen: ``summary`` also reports
-# the mean over the others (stripe, spatter, dotted line, zigzag, Canny edges).
+# the mean over the others (stripe and spatter).
 COUNTERPARTS: dict[str, str] = {
     "shot_noise": "noise",
     "impulse_noise": "noise",
@@ -65,8 +65,11 @@ COUNTERPARTS: dict[str, str] = {
     "scale": "zoom",
     "rotate": "rotation_deg",
     "translate": "shift",
-    "brightness": "contrast (its background lift)",
-    "fog": "contrast (its background lift)",
+    "brightness": "contrast (its background lift), shading; undone by a model with train.stretch",
+    "fog": "shading (a smooth random background), contrast",
+    "dotted_line": "scribble (straight or zigzag, solid or dashed strokes)",
+    "zigzag": "scribble (straight or zigzag, solid or dashed strokes)",
+    "canny_edges": "outline (hollow strokes)",
 }
 
 

@@ -29,6 +29,16 @@ class Standardize(nn.Module):
         return (x - self.mean) / self.std
 
 
+class Stretch(nn.Module):
+    """Each image's pixel range stretched to [0, 1]: ``(x − min) / (max − min)``, per image (a blank image → 0).
+    A clean MNIST digit (background 0, ink peaking at or near 1) passes almost unchanged; a lifted background, a
+    dimmed or a brightened image come out as if they were clean."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low, high = x.amin((-2, -1), keepdim=True), x.amax((-2, -1), keepdim=True)
+        return (x - low) / (high - low).clamp(min=1e-3)
+
+
 def mlp(hidden: list[int], dropout: float, batchnorm: bool = False) -> nn.Sequential:
     """Dense layers of the ``hidden`` sizes, each Linear → (BatchNorm) → ReLU → (Dropout)."""
     layers: list[nn.Module] = [nn.Flatten()]
@@ -92,9 +102,11 @@ def cnn(
 ARCHITECTURES = {"mlp": mlp, "cnn": cnn}
 
 
-def build(arch: str, mean: float, std: float, init: str = "default", **kwargs: Any) -> nn.Sequential:
+def build(arch: str, mean: float, std: float, init: str = "default", stretch: bool = False, **kwargs: Any
+          ) -> nn.Sequential:  # fmt: skip
     """Build an architecture by name (``mlp`` | ``cnn``); ``kwargs`` are its own settings (``architecture_kwargs``).
 
+    ``stretch``: a ``Stretch`` before the standardisation.
     ``init="xavier"``: Xavier/Glorot-uniform weights and zero biases for every Linear and Conv2d layer.
     """
     if arch not in ARCHITECTURES:
@@ -106,7 +118,7 @@ def build(arch: str, mean: float, std: float, init: str = "default", **kwargs: A
                 nn.init.xavier_uniform_(m.weight)
                 if m.bias is not None:
                     nn.init.zeros_(m.bias)
-    return nn.Sequential(Standardize(mean, std), body)
+    return nn.Sequential(*([Stretch()] if stretch else []), Standardize(mean, std), body)
 
 
 def architecture_kwargs(train_params: Any) -> dict[str, Any]:

@@ -44,12 +44,15 @@ class AugmentParams(Section):
     off_last_epochs: Annotated[int, Field(ge=0)] = 0  # the last N epochs train on un-augmented images
     # digits.augmentations, each per sample and 0: off
     thickness: Annotated[float, Field(ge=0, le=1)] = 0.0  # share of a 3×3 dilation/erosion blended in, at most
+    outline: Annotated[float, Field(ge=0, le=1)] = 0.0  # probability of hollow strokes (morphological gradient)
     lowres: Annotated[float, Field(ge=0, le=0.75)] = 0.0  # share of the side lost by down- and upscaling, at most
     blur: Annotated[float, Field(ge=0, le=5)] = 0.0  # Gaussian σ in px, at most
     erasing: Annotated[float, Field(ge=0, le=1)] = 0.0  # probability of erasing a rectangle
+    scribble: Annotated[float, Field(ge=0, le=1)] = 0.0  # probability of a stray stroke across the image
+    shading: Annotated[float, Field(ge=0, le=4)] = 0.0  # weight of an uneven light field, at most
     contrast: Annotated[float, Field(ge=0, le=1)] = 0.0  # gain e^(±contrast), background lift ≤ 0.1·contrast
     noise: Annotated[float, Field(ge=0, le=1)] = 0.0  # Gaussian noise σ, at most
-    robust_share: Annotated[float, Field(ge=0, le=1)] = 1.0  # share of the images that get the six above
+    robust_share: Annotated[float, Field(ge=0, le=1)] = 1.0  # share of the images that get the nine above
 
 
 def _ordered(span: tuple[float, float]) -> tuple[float, float]:
@@ -100,6 +103,7 @@ class TrainParams(Section):
     last_pool: Literal["floor", "ceil", "none"] = "floor"  # cnn: the last stage's 2×2 max-pool (7 px → 3, 4 or 7)
     dropout: Fraction = 0.0
     init: Literal["default", "xavier"] = "default"
+    stretch: bool = False  # the model's first step maps each image's darkest pixel to 0 and its brightest to 1
     epochs: Annotated[int, Field(ge=1)]
     batch_size: Annotated[int, Field(ge=1)]
     optimizer: Literal["adam", "adamw", "sgd"]
@@ -194,8 +198,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 
 ARCHITECTURE_KEYS = {  # the train keys that define each architecture (stored in checkpoints to rebuild it)
-    "mlp": ("hidden", "dropout", "batchnorm"),
-    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout", "last_width", "last_pool"),
+    "mlp": ("hidden", "dropout", "batchnorm", "stretch"),
+    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout", "last_width", "last_pool", "stretch"),
 }
 ONLY_WITH = {  # train keys that mean something only with one of these values of another key
     "momentum": ("optimizer", ("sgd",)),
