@@ -18,10 +18,10 @@ from digits.params import AugmentParams, ParamsError, TrainParams
 
 REPO = Path(__file__).resolve().parents[1]
 NEW = list(augmentations.TRANSFORMS)
-MAXIMUM = {"thickness": 1.0, "outline": 1.0, "lowres": 0.75, "blur": 5.0, "erasing": 1.0, "scribble": 1.0, "shading": 4.0,
-           "contrast": 1.0, "noise": 1.0}  # fmt: skip
-TYPICAL = {"thickness": 1.0, "outline": 0.5, "lowres": 0.75, "blur": 2.0, "erasing": 0.5, "scribble": 0.5, "shading": 2.0,
-           "contrast": 1.0, "noise": 0.3}  # fmt: skip
+MAXIMUM = {"thickness": 1.0, "outline": 1.0, "lowres": 0.75, "blur": 5.0, "erasing": 1.0, "scribble": 1.0,
+           "shading": 4.0, "contrast": 1.0, "noise": 1.0}  # fmt: skip
+TYPICAL = {"thickness": 1.0, "outline": 0.5, "lowres": 0.75, "blur": 2.0, "erasing": 0.5, "scribble": 0.5,
+           "shading": 2.0, "contrast": 1.0, "noise": 0.3}  # fmt: skip
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -78,8 +78,8 @@ def test_the_digit_stays_where_it_was(name: str):
     if name == "noise":  # clamped at 0, noise lifts the background evenly: it can only pull towards the image centre
         centre = torch.tensor([13.5, 13.5])
         assert ((after - centre).norm(dim=1) <= (before - centre).norm(dim=1) + 0.05).all()
-    else:
-        assert (after - before).norm(dim=1).max() < 0.25
+    else:  # an outline's ink lies a pixel outside the stroke, so it may weigh the outer edge of a curve more
+        assert (after - before).norm(dim=1).max() < (0.5 if name == "outline" else 0.25)
 
 
 def test_thickness_thickens_some_strokes_and_thins_others():
@@ -233,10 +233,10 @@ def test_robust_share_leaves_the_other_images_as_they_were():
 def test_what_the_stroke_and_light_transforms_do(name: str, strength: float):
     x = digits(64)
     out = augmentations.TRANSFORMS[name](x, strength, gen())
-    ink, background = x > 0.5, x == 0
-    if name == "outline":  # probability 1: every stroke hollow, its middle dark, its edges bright, nothing far away
-        thick = augmentations._erode3(augmentations._erode3(x)) > 0.9
-        assert out[thick].max() < 0.2 and out[ink & ~thick].mean() > 0.3 and out[augmentations._max3(x) == 0].max() == 0
+    background = x == 0
+    if name == "outline":  # probability 1: the ink gone, lines at full ink just outside it, nothing far away
+        ring = (augmentations._max3(x) > 0.9) & (x < 0.1)
+        assert out[x > 0.9].max() < 0.2 and out[ring].mean() > 0.9 and out[augmentations._max3(x) == 0].max() == 0
     elif name == "scribble":  # probability 1: ink is only added, to every image, some of it off the digit
         assert (out >= x).all() and ((out - x).flatten(1).amax(1) >= 0.3).all()
         assert (out[background] > 0).float().mean() > 0.02

@@ -143,19 +143,14 @@ def noise(x: torch.Tensor, strength: float, generator: torch.Generator) -> torch
     return (x + sigma * z).clamp(0, 1)
 
 
-def _erode3(x: torch.Tensor) -> torch.Tensor:
-    """Minimum over each pixel's 3×3 neighbourhood, for ``x`` in [0, 1] (outside the image counts as ink)."""
-    return 1 - _max3(1 - x)
-
-
 def outline(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
-    """Hollow strokes: with ``probability`` per sample, the image replaced by its morphological gradient (3×3 grey
-    dilation minus erosion), which keeps a stroke's two edges and drops its middle, as an edge detector or a pen
-    tracing the contour would draw it."""
+    """Strokes as outlines: with ``probability`` per sample, the image replaced by the ring just outside its strokes
+    (3×3 grey dilation minus the image, doubled and clipped), thin lines at full ink along both edges of each
+    stroke, as an edge detector or a pen tracing the contour would draw them."""
     if not probability:
         return x
     hit = _per_sample(_rand(x, len(x), generator=generator) < probability, x)
-    return torch.where(hit, (_max3(x) - _erode3(x)).clamp(0, 1), x)
+    return torch.where(hit, (2 * (_max3(x) - x)).clamp(0, 1), x)
 
 
 SCRIBBLE_WIDTH = (0.8, 2.5)  # scribble: stroke width in px
@@ -165,7 +160,7 @@ SCRIBBLE_PERIOD = (3.0, 8.0)  # scribble: px per dash and per zigzag tooth
 def scribble(x: torch.Tensor, probability: float, generator: torch.Generator) -> torch.Tensor:
     """A stray pen stroke: with ``probability`` per sample, one line across the image (uniform angle, through a
     point within 7 px of the centre), of uniform width in ``SCRIBBLE_WIDTH`` and ink in [0.5, 1], straight or
-    zigzag (tooth height up to 2 px), solid or dashed (each half of the time), anti-aliased, drawn over the digit."""
+    zigzag (teeth up to 4 px high), solid or dashed (each half of the time), anti-aliased, drawn over the digit."""
     if not probability:
         return x
     n, h, w = len(x), *x.shape[-2:]
@@ -176,7 +171,7 @@ def scribble(x: torch.Tensor, probability: float, generator: torch.Generator) ->
     dy = torch.arange(h, device=x.device, dtype=x.dtype).view(-1, 1) - ((cy * 2 - 1) * 7 + (h - 1) / 2)  # [N, H, 1]
     period = SCRIBBLE_PERIOD[0] + period * (SCRIBBLE_PERIOD[1] - SCRIBBLE_PERIOD[0])
     cycle = torch.frac((dx * cos + dy * sin) / period + phase)  # position along the line within a tooth or dash
-    tooth = teeth * 2 * (zigzag < 0.5) * (2 * (cycle - 0.5).abs() - 0.5)  # a triangle wave across the line
+    tooth = teeth * 4 * (zigzag < 0.5) * (2 * (cycle - 0.5).abs() - 0.5)  # a triangle wave across the line
     half = (SCRIBBLE_WIDTH[0] + width * (SCRIBBLE_WIDTH[1] - SCRIBBLE_WIDTH[0])) / 2
     stroke = (half + 0.5 - (dy * cos - dx * sin - tooth).abs()).clamp(0, 1)
     stroke = stroke * ((cycle < 0.5) | (dashed >= 0.5)) * (0.5 + ink / 2) * (hit < probability)
