@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -77,16 +77,22 @@ def save_split(path: Path, split: Split) -> None:
     files.write_torch(path, {"images": split.images.contiguous(), "labels": split.labels.contiguous()})
 
 
-def load_split(path: str | Path) -> Split:
-    """Load a processed split (weights_only: tensors only, no code runs on load)."""
+def read_stage_output(path: str | Path, keys: Sequence[str], stage: str, what: str) -> list:
+    """The entries ``keys`` of a torch file that the stage ``stage`` writes (weights_only: tensors and plain
+    containers only, no code runs on load); a missing file names the stage to run, an unreadable one ``what`` it is."""
     path = Path(path)
     try:
         blob = torch.load(path, weights_only=True)
-        images, labels = blob["images"], blob["labels"]
+        return [blob[key] for key in keys]
     except FileNotFoundError:
-        raise DataError(f"{path}: not found; run the preprocess stage (dvc repro preprocess)") from None
+        raise DataError(f"{path}: not found; run the {stage} stage (dvc repro {stage})") from None
     except Exception as exc:  # torch raises many types for corrupt files
-        raise DataError(f"{path}: unreadable or corrupted processed data ({type(exc).__name__}: {exc})") from None
+        raise DataError(f"{path}: unreadable or corrupted {what} ({type(exc).__name__}: {exc})") from None
+
+
+def load_split(path: str | Path) -> Split:
+    """Load a processed split."""
+    images, labels = read_stage_output(path, ("images", "labels"), "preprocess", "processed data")
     if not (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)):
         raise DataError(f"{path}: expected tensors, got {type(images).__name__} / {type(labels).__name__}")
     if images.dtype != torch.uint8 or images.ndim != 3 or labels.dtype != torch.int64 or len(images) != len(labels):

@@ -257,14 +257,8 @@ def content_md5(split: data.Split) -> str:
 
 def load(path: str | Path) -> tuple[data.Split, list[str], torch.Tensor]:
     """A part written by the render stage: (images and labels, family names, each image's family index)."""
-    path = Path(path)
-    try:
-        blob = torch.load(path, weights_only=True)
-        images, labels, family, families = (blob[key] for key in ("images", "labels", "family", "families"))
-    except FileNotFoundError:
-        raise data.DataError(f"{path}: not found; run the render stage (dvc repro render)") from None
-    except Exception as exc:  # torch raises many types for corrupt files
-        raise data.DataError(f"{path}: unreadable or corrupted font digits ({type(exc).__name__}: {exc})") from None
+    keys = ("images", "labels", "family", "families")
+    images, labels, family, families = data.read_stage_output(path, keys, "render", "font digits")
     tensors = all(isinstance(t, torch.Tensor) for t in (images, labels, family))
     if not (
         tensors
