@@ -91,24 +91,32 @@ def confusion_matrix(cm: np.ndarray, path: str | Path) -> None:
     save(fig, path)
 
 
-def misclassified(images: np.ndarray, errors: list[dict], path: str | Path, cols: int = 9) -> None:
-    """A grid of misclassified digits (``errors`` as from ``metrics.ranked_errors``, shown in that order)."""
-    if not errors:
+def _digit_grid(images: list[np.ndarray], titles: list[str], suptitle: str, none: str, path: str | Path, cols: int,
+                fontsize: int) -> None:  # fmt: skip
+    """Digits in a grid of ``cols`` columns, each under its title; ``none`` alone where there are none."""
+    if not images:
         fig = plt.figure(figsize=(6, 1.2))
-        fig.text(0.5, 0.5, "No misclassified test digits", ha="center", va="center", fontsize=12)
+        fig.text(0.5, 0.5, none, ha="center", va="center", fontsize=12)
         save(fig, path)
         return
-    rows = -(-len(errors) // cols)
+    rows = -(-len(images) // cols)
     fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55 + 0.5), squeeze=False)
     for ax in axes.flat:
         ax.axis("off")
-    for ax, e in zip(axes.flat, errors, strict=False):
-        ax.imshow(images[e["index"]], cmap="gray_r")
-        ax.set_title(f"{e['actual']} → {e['predicted']}\n{e['p_predicted']:.2f} vs {e['p_actual']:.2f}", fontsize=8)
-    fig.suptitle("Misclassified test digits, most confidently wrong first\n"
-                 "(true → predicted; p(predicted) vs p(true))", fontsize=10)  # fmt: skip
+    for ax, image, title in zip(axes.flat, images, titles, strict=False):
+        ax.imshow(image, cmap="gray_r")
+        ax.set_title(title, fontsize=fontsize)
+    fig.suptitle(suptitle, fontsize=10)
     fig.tight_layout()
     save(fig, path)
+
+
+def misclassified(images: np.ndarray, errors: list[dict], path: str | Path, cols: int = 9) -> None:
+    """A grid of misclassified digits (``errors`` as from ``metrics.ranked_errors``, shown in that order)."""
+    _digit_grid([images[e["index"]] for e in errors],
+                [f"{e['actual']} → {e['predicted']}\n{e['p_predicted']:.2f} vs {e['p_actual']:.2f}" for e in errors],
+                "Misclassified test digits, most confidently wrong first\n(true → predicted; p(predicted) vs p(true))",
+                "No misclassified test digits", path, cols, 8)  # fmt: skip
 
 
 def font_errors(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, family: np.ndarray,
@@ -117,26 +125,13 @@ def font_errors(images: np.ndarray, labels: np.ndarray, predicted: np.ndarray, f
     ``shown``, the families with errors in turn (``family`` indexes ``families``)."""
     labels, predicted, family = np.asarray(labels), np.asarray(predicted), np.asarray(family)
     wrong = np.flatnonzero(labels != predicted)
-    if not len(wrong):
-        fig = plt.figure(figsize=(6, 1.2))
-        fig.text(0.5, 0.5, f"No misclassified font digits (of {len(labels)})", ha="center", va="center", fontsize=12)
-        save(fig, path)
-        return
     rank = np.zeros(len(wrong), int)  # each error's place among its family's errors
     for f in np.unique(family[wrong]):
         rank[family[wrong] == f] = np.arange(np.count_nonzero(family[wrong] == f))
     picked = wrong[np.lexsort((family[wrong], rank))][:shown]
-    rows = -(-len(picked) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55 + 0.5), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, i in zip(axes.flat, picked, strict=False):
-        ax.imshow(images[i], cmap="gray_r")
-        ax.set_title(f"{labels[i]} → {predicted[i]}\n{families[family[i]]}", fontsize=7)
-    fig.suptitle(f"Font digits the model gets wrong: {len(wrong)} of {len(labels)}, the families in turn\n"
-                 "(true → predicted; font family)", fontsize=10)  # fmt: skip
-    fig.tight_layout()
-    save(fig, path)
+    _digit_grid([images[i] for i in picked], [f"{labels[i]} → {predicted[i]}\n{families[family[i]]}" for i in picked],
+                f"Font digits the model gets wrong: {len(wrong)} of {len(labels)}, the families in turn\n"
+                "(true → predicted; font family)", f"No misclassified font digits (of {len(labels)})", path, cols, 7)
 
 
 def prediction_samples(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, indices: list[int],
