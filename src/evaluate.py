@@ -38,7 +38,6 @@ from digits import (
 
 FIGURES = ("confusion_matrix", "misclassified", "predictions", "reliability", "robustness", "corruptions",
            "font_errors")  # fmt: skip
-PLOT_DATA = ("confusion", "per_class", "calibration", "robustness", "corruptions", "fonts")
 
 
 def main() -> None:
@@ -107,14 +106,16 @@ def main() -> None:
     files.write_json(metrics_dir / "evaluate.json", result)
     files.write_json(metrics_dir / "evaluation.json", details)
     plots = metrics_dir / "plots"
-    files.write_csv(plots / "per_class.csv", [{"digit": int(d), **v} for d, v in per_class.items()])
-    files.write_csv(
-        plots / "confusion.csv", [{"actual": int(a), "predicted": int(b)} for a, b in zip(labels, pred, strict=True)]
-    )
-    files.write_csv(plots / "calibration.csv", [b for b in bins if b["count"]])
-    files.write_csv(plots / "robustness.csv", [{k: r[k] for k in ("condition", "accuracy")} for r in robust])
-    files.write_csv(plots / "corruptions.csv", corrupted)
-    files.write_csv(plots / "fonts.csv", [{"family": f, "accuracy": v["accuracy"]} for f, v in by_family.items()])
+    plot_data = {
+        "per_class": [{"digit": int(d), **v} for d, v in per_class.items()],
+        "confusion": [{"actual": int(a), "predicted": int(b)} for a, b in zip(labels, pred, strict=True)],
+        "calibration": [b for b in bins if b["count"]],
+        "robustness": [{k: r[k] for k in ("condition", "accuracy")} for r in robust],
+        "corruptions": corrupted,
+        "fonts": [{"family": f, "accuracy": v["accuracy"]} for f, v in by_family.items()],
+    }
+    for name, rows in plot_data.items():
+        files.write_csv(plots / f"{name}.csv", rows)
 
     images = test.images.numpy()
     sample = np.sort(np.random.default_rng(p.seed).choice(len(test), size=min(10, len(test)), replace=False))
@@ -139,18 +140,10 @@ def main() -> None:
 
     with tracking.evaluation_run(run_info["run_id"]) as run:
         tracking.log_datasets({"testing": args.test_file})
-        mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, int | float)})
-        mlflow.log_metrics({f"test_macro_{k.replace('-score', '')}": v for k, v in result["macro_avg"].items()})
-        mlflow.log_metrics({f"test_weighted_{k.replace('-score', '')}": v for k, v in result["weighted_avg"].items()})
-        mlflow.log_metrics({f"robustness_{k}": v for k, v in result["robustness"].items()})
-        mlflow.log_metrics({f"corruption_{k}": v for k, v in result["corruption"].items()})
-        mlflow.log_metrics({f"ood_font_{f.replace(' ', '_')}": v["accuracy"] for f, v in by_family.items()
-                            if v["accuracy"] is not None})  # fmt: skip
-        mlflow.log_dict(result, "metrics/evaluate.json")
-        mlflow.log_dict(details, "metrics/evaluation.json")
+        tracking.log_evaluation(result, details)
         for name in FIGURES:
             mlflow.log_artifact(str(fig_dir / f"{name}.png"), "figures")
-        for name in PLOT_DATA:
+        for name in plot_data:
             mlflow.log_artifact(str(plots / f"{name}.csv"), "metrics/plots")
         evaluation_run = {"run_id": run.info.run_id, "evaluates": run_info["run_id"]}
         files.write_json(model_dir / "evaluation_run.json", evaluation_run)

@@ -293,6 +293,20 @@ def evaluation_run(train_run_id: str) -> contextlib.AbstractContextManager[mlflo
     return start_run(name, {"evaluates_run": train_run_id}, parent_run_id=train_run_id)
 
 
+def log_evaluation(result: dict[str, Any], details: dict[str, Any]) -> None:
+    """The evaluate stage's figures as MLflow metrics of the active run: every number of ``result``, the macro and
+    weighted averages, accuracy per perturbation, per corruption and per font family; both dicts as JSON."""
+    mlflow.log_metrics({k: float(v) for k, v in result.items() if isinstance(v, int | float)})
+    for avg in ("macro", "weighted"):
+        mlflow.log_metrics({f"test_{avg}_{k.replace('-score', '')}": v for k, v in result[f"{avg}_avg"].items()})
+    mlflow.log_metrics({f"robustness_{k}": v for k, v in result["robustness"].items()})
+    mlflow.log_metrics({f"corruption_{k}": v for k, v in result["corruption"].items()})
+    mlflow.log_metrics({f"ood_font_{f.replace(' ', '_')}": v["accuracy"] for f, v in details["ood_fonts"].items()
+                        if v["accuracy"] is not None})  # fmt: skip
+    mlflow.log_dict(result, "metrics/evaluate.json")
+    mlflow.log_dict(details, "metrics/evaluation.json")
+
+
 def resume_run(run_id: str) -> contextlib.AbstractContextManager[mlflow.ActiveRun]:
     """Continue the run a previous stage started (evaluate and report add to train's run), ending it honestly."""
     require_run(run_id)
