@@ -23,13 +23,15 @@
 #   ddp       the train stage under torchrun --nproc-per-node=<GPUs> with NCCL, 2 epochs (the command that
 #             -S train.nproc=N runs for N > 1; N = 1 does not relaunch, so it is started directly)
 set -uo pipefail
+{ # read whole before it runs: an edit of this file during a run cannot change the run
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 py=${PYTHON:-python3}
 
 if [[ ${1:-} == prepare ]]; then
     exclude=$(git rev-parse --git-path info/exclude) && mkdir -p "$(dirname "$exclude")" || exit
     for d in /.whl/ /.gpu/; do grep -qxF "$d" "$exclude" 2>/dev/null || echo "$d" >> "$exclude"; done
-    platforms=(--platform manylinux_2_{17,27,28,31,34}_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64)
+    platforms=()
+    for p in manylinux_2_{17,27,28,31,34}_x86_64 manylinux2014_x86_64 manylinux1_x86_64; do platforms+=(--platform "$p"); done
     grep -v '^#\|# sdist only' benchmarks/gpu-wheels.txt | $py -m pip download -q --no-deps --only-binary=:all: \
         --python-version 3.12 --implementation cp "${platforms[@]}" -d .whl -r /dev/stdin || exit
     sed -n 's/  # sdist only$//p' benchmarks/gpu-wheels.txt | xargs $py -m pip wheel -q --no-deps -w .whl || exit
@@ -177,3 +179,5 @@ EOF
 tar -czf "$out/logs.tar.gz" -C "$out" logs && rm -rf "$logs"
 rm -rf "$tmp"
 cat "$out/summary.txt"
+exit
+}

@@ -1,20 +1,10 @@
-"""Time to 99.0 % and 99.5 % test accuracy on MNIST, moving the data to the device included, next to its floor.
+"""Time to 99.0 % and 99.5 % test accuracy on MNIST from the moment the data starts moving to the device, next to
+its floor (FLOPs and fewest bytes per step over the H200's measured ceilings), with the start-up cost reported apart.
 
-The model, optimizer, schedule, EMA and augmentation are the project's (digits.models/training/data, a train.zoo
-recipe); the loop is a fast path of its own: batches are gathered by index from the training tensor on the device
-and augmented there, and on CUDA that gather, augmentation, forward and backward are one CUDA graph replayed each
-step (the optimizer step and EMA run eagerly after it, a few foreach kernels), so the step costs a few launches
-instead of hundreds. ``training.fit`` stays as it is: it also validates, tracks the best epoch and supports DDP.
-Each epoch takes ``len // batch`` full batches of a fresh permutation (static shapes for the graph).
-
-Clock: it starts when the 60k training images start moving to the device (pinned host memory, read from disk and
-pinned before), after the start-up, which is reported apart: the CUDA context, then cuDNN autotuning and graph
-capture on the real model with stand-in data (weights restored afterwards). Checking accuracy does not stop the
-clock: at ``--checks`` points per epoch the kept weights (EMA) are copied to a snapshot and a CUDA event recorded,
-both inside the timed run; after the run each snapshot is scored on the 10k test images and the time to a target is
-the event time of the first snapshot that reaches it. The floor (FLOPs by torch's FlopCounterMode; fewest bytes:
-data once, weights and optimizer state once per step, every activation written and read once each way) is printed
-against the H200 ceilings measured in this workplace (790 TFLOP/s bf16, 4.3 TB/s; H2D link assumed 50 GB/s).
+The project's model, optimizer, schedule, EMA and augmentation in a loop of its own: batches gathered by index on the
+device, and on CUDA the gather, augmentation, forward and backward replayed as one CUDA graph per step (optimizer and
+EMA eagerly after it). Accuracy is scored after the run on weight snapshots taken at CUDA events inside the timed
+run, so checking never stops the clock. Method and figures: docs/benchmarks.md, "GPU: ready to run".
 
     python benchmarks/time_to_accuracy.py --model digits_cnn_gpu --set epochs=4     # needs data/raw
 """
@@ -90,8 +80,7 @@ def run(p: params.TrainParams, raw: Path, limit: int | None, checks: int, graphs
     tx, ty = data.to_device(data.read_idx_pair(raw / "t10k-images-idx3-ubyte", raw / "t10k-labels-idx1-ubyte"), dev)
     cuda, graphed = dev.type == "cuda", graphs_wanted and dev.type == "cuda"
     host = [t.pin_memory() if cuda else t for t in (split.images, split.labels)]
-    n, bs = len(split), p.batch_size
-    steps = n // bs
+    n, bs, steps = len(split), p.batch_size, len(split) // p.batch_size
     x, y = torch.rand(n, 1, 28, 28, device=dev), torch.randint(0, 10, (n,), device=dev)  # stand-ins until the clock
     staging, idx = torch.empty(n, 28, 28, dtype=torch.uint8, device=dev), torch.arange(bs, device=dev)
     model = training.prepare(models.from_params(p, 0.1307, 0.3081), p, dev).train()
@@ -125,7 +114,8 @@ def run(p: params.TrainParams, raw: Path, limit: int | None, checks: int, graphs
     train_step(1)  # one whole step on stand-in data: lazy imports and set-up of optimizer, EMA, kernels ...
     model.load_state_dict(initial)  # ... then the initial weights again, in place (the graphs keep their tensors)
     opt, sched, per_batch, ema = recipe()
-    kept = list((ema.module if ema else model).state_dict().values())
+    kept_model = ema.module if ema else model
+    kept = list(kept_model.state_dict().values())
     check_at = {max(0, -(-steps * (k + 1) // checks) - 1) for k in range(checks)}  # last step of each part
     snapshots = [[torch.empty_like(t) for t in kept] for _ in range(p.epochs * len(check_at))]
     perm_gen = torch.Generator(device=dev).manual_seed(p.seed)
@@ -153,10 +143,9 @@ def run(p: params.TrainParams, raw: Path, limit: int | None, checks: int, graphs
     scored = []
     for snap in snapshots:
         torch._foreach_copy_(kept, snap)
-        scored.append(training.loss_and_accuracy(ema.module if ema else model, tx, ty)[1])
+        scored.append(training.loss_and_accuracy(kept_model, tx, ty)[1])
     eval_started = time.perf_counter()
-    training.loss_and_accuracy(ema.module if ema else model, tx, ty)
-    device.synchronize(dev)
+    training.loss_and_accuracy(kept_model, tx, ty)  # .item(): waits for the device
     eval_s = time.perf_counter() - eval_started
     step_floor = max(floor["flops"] / rates["flops"], floor["bytes"] / rates["bandwidth"])
     transfer_floor = (n * 28 * 28 + n * 8) / rates["link"]
