@@ -13,15 +13,15 @@
 #
 # Parts, most valuable first, each under `timeout` within BUDGET_S (default 570 s) counted from the start:
 #   tta       benchmarks/time_to_accuracy.py: seconds to 99.0 / 99.5 % test from the data's move to the GPU, with
-#             CUDA graphs (digits_cnn_gpu at 6, 3 and 2 epochs), then eager for comparison
+#             CUDA graphs (digits_cnn_gpu at 6 and 3 epochs), then eager for comparison
 #   pipeline  dvc repro, stage by stage and forced, in a temporary git repository of this tree (sqlite MLflow store):
 #             time per stage, the device and AMP that trained
+#   ddp       the train stage under torchrun --nproc-per-node=<GPUs> with NCCL, 2 epochs (the command that
+#             -S train.nproc=N runs for N > 1; N = 1 does not relaunch, so it is started directly)
 #   top_alone digits_cnn_gpu_top, seed 42, alone on the GPU: its training time is the recipe's time per run
 #   top       digits_cnn_gpu_top, seeds 42,1..7 at once (benchmarks/recipes.py --jobs 8), beside
 #   tests     pytest tests/test_devices.py (CPU and CUDA) and
 #   exp       dvc exp run -S train.lr=0.01 in the same repository
-#   ddp       the train stage under torchrun --nproc-per-node=<GPUs> with NCCL, 2 epochs (the command that
-#             -S train.nproc=N runs for N > 1; N = 1 does not relaunch, so it is started directly)
 set -uo pipefail
 { # read whole before it runs: an edit of this file during a run cannot change the run
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -89,7 +89,7 @@ part_tta() {
     local args=(--model digits_cnn_gpu --checks 8) e
     ((tiny)) && args+=(--limit 512 --checks 2)
     ((cuda)) || echo "CUDA graphs: skipped: no CUDA (eager steps on the CPU)"
-    for e in 6 3 2; do
+    for e in 6 3; do
         $py benchmarks/time_to_accuracy.py "${args[@]}" --set epochs=$((tiny ? 1 : e)) --json "$logs/tta-$e.json" || return
         ((cuda)) || return 0
     done
@@ -125,10 +125,14 @@ part_exp() {
 part_ddp() {
     local n=$ngpu
     ((cuda)) || { echo "NCCL: skipped: no CUDA (gloo, 1 CPU process)"; n=1; }
+    cp params.yaml "$tmp/params.yaml"  # 2 epochs for this part only
     $py -c "import yaml; p = yaml.safe_load(open('params.yaml')); p['train']['epochs'] = min(2, p['train']['epochs'] or 2)
 yaml.safe_dump(p, open('params.yaml', 'w'), sort_keys=False)"
     NCCL_DEBUG=INFO $py -m torch.distributed.run --standalone --nproc-per-node="$n" src/train.py data/processed \
-        "$tmp/ddp/models" "$tmp/ddp/metrics" "$tmp/ddp/figures" || return
+        "$tmp/ddp/models" "$tmp/ddp/metrics" "$tmp/ddp/figures"
+    local rc=$?
+    cp "$tmp/params.yaml" params.yaml
+    ((rc == 0)) || return $rc
     echo "NCCL INFO lines: $(grep -c 'NCCL INFO' "$logs/ddp.log")"
     cp "$tmp/ddp/metrics/train.json" "$logs/ddp-train.json" && cp "$tmp/ddp/models/run.json" "$logs/ddp-run.json"
 }
@@ -141,11 +145,11 @@ part() {  # NAME CAP_S: part_NAME under `timeout`, at most CAP_S and what is lef
     say "$name: exit $rc$( ((rc == 124)) && echo ' (timed out)') in $((SECONDS - t0)) s; $(grep -h 'skipped' \
         "$logs/$name.log" | head -1)"
 }
-part tta 110
+part tta 90
 part pipeline 240
+part ddp 60
 part top_alone 90
 part top 200 & part tests 150 & part exp 200 & wait
-part ddp 60
 
 $py - "$logs" >> "$out/summary.txt" 2>&1 <<'EOF'
 import json, statistics, sys
