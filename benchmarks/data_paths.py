@@ -40,7 +40,7 @@ def ours_data(p: params.TrainParams, dev: torch.device):
     split = data.read_idx_pair(RAW / "train-images-idx3-ubyte", RAW / "train-labels-idx1-ubyte")
     start = time.perf_counter()
     x, y = data.to_device(split, dev)
-    synchronize(dev)
+    device.synchronize(dev)
     move_seconds = time.perf_counter() - start
     gen = torch.Generator(device=dev).manual_seed(p.seed)
 
@@ -72,12 +72,6 @@ def naive_data(p: params.TrainParams, root: Path, dev: torch.device):
         return ((xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)) for xb, yb in loader)
 
     return epoch_batches, len(train), torch.utils.data.DataLoader(test, batch_size=1000, **cuda)
-
-
-def synchronize(dev: torch.device) -> None:
-    """Wait for queued device work, so that a host clock read after it is honest."""
-    if dev.type == "cuda":
-        torch.cuda.synchronize(dev)
 
 
 @torch.inference_mode()
@@ -123,7 +117,7 @@ def worker(path: str, p: params.TrainParams, infer_batch: int) -> dict:
                 images += len(yb)
             if sched is not None and not per_batch:
                 sched.step()
-            synchronize(dev)
+            device.synchronize(dev)
             trained += time.perf_counter() - start
             if test_loader is None:
                 acc = (training.predict_logits(kept, tx).argmax(1) == ty).float().mean().item()

@@ -1,6 +1,6 @@
 """The benchmark scripts run end to end on tiny data: the multi-seed recipe comparison (with resume), the
-data-path benchmark (ours vs. the per-sample torchvision path), the allocator comparison, the app under load and the
-training augmentations (ours vs. kornia)."""
+data-path benchmark (ours vs. the per-sample torchvision path), time to accuracy with its floor, the allocator
+comparison, the app under load and the training augmentations (ours vs. kornia)."""
 
 from __future__ import annotations
 
@@ -126,6 +126,29 @@ def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:
     for metric in ("final_accuracy", "seconds_to_99.5", "train_images_per_second", "inference_images_per_second"):
         assert f"| {metric} |" in table
     assert "ours test accuracy per epoch: [" in table and "naive test accuracy per epoch: [" in table
+
+
+def test_time_to_accuracy_reports_checkpoints_start_up_and_floor(tmp_path: Path) -> None:
+    make_idx_dataset(tmp_path / "data" / "raw", n_train=256, n_test=64)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    out = tmp_path / "tta.json"
+    proc = script("time_to_accuracy.py", "--model=digits_cnn_gpu", *TINY, "--set=ema_decay=0.9", "--set=epochs=2",
+                  "--checks=2", f"--json={out}", cwd=tmp_path)  # fmt: skip
+    text, r = proc.stdout, json.loads(out.read_text())
+    assert "cpu (" in text and "CUDA graphs False" in text and "2 epochs × 8 steps of 32" in text
+    assert "start-up (not in the times below): CUDA context" in text and "a test pass (not counted)" in text
+    assert "ms/step at 790 TFLOP/s and 4.3 TB/s; moving the data" in text and "| epoch | step | seconds |" in text
+    assert "seconds to 99.0%: " in text and "seconds to 99.5%: " in text
+    assert [(c["epoch"], c["step"]) for c in r["checkpoints"]] == [(1, 4), (1, 8), (2, 4), (2, 8)]
+    seconds = [c["seconds"] for c in r["checkpoints"]]
+    assert seconds == sorted(seconds) and seconds[0] > 0
+    assert all(0 <= c["test_accuracy"] <= 1 for c in r["checkpoints"])
+    # width 4, head 8: forward FLOPs per image of the three convolutions and two dense layers; backward twice that,
+    # less the first convolution's input gradient (the images need none)
+    forward = 2 * (28 * 28 * 1 * 4 * 9 + 14 * 14 * 4 * 8 * 9 + 7 * 7 * 8 * 16 * 9 + 16 * 9 * 8 + 8 * 10)
+    assert r["flops_per_step"] == 32 * (3 * forward - 2 * 28 * 28 * 4 * 9)
+    assert r["bytes_per_step"] > 32 * 28 * 28 * 4 and r["floor_ms_per_step"] > 0 and r["floor_transfer_ms"] > 0
+    assert {"seconds_to_99.0%", "floor_to_99.5%", "startup_context_s", "startup_prepare_s"} <= r.keys()
 
 
 def test_allocator_benchmark_compares_glibc_with_the_stages_setting(tmp_path: Path) -> None:

@@ -161,6 +161,18 @@ def test_every_zoo_model_in_params_yaml_validates(name):
         )
 
 
+def test_the_gpu_top_recipe_is_the_default_cnn_wider_deeper_and_longer():
+    """`digits_cnn_gpu_top` (docs/benchmarks.md, "GPU: ready to run") changes only what its comment says."""
+    top = params.zoo_model("digits_cnn_gpu_top", REPO / "params.yaml").model_dump()
+    base = params.zoo_model("digits_cnn", REPO / "params.yaml").model_dump()
+    assert {k: v for k, v in top.items() if v != base[k]} == {
+        "model": "digits_cnn_gpu_top", "width": 32, "depth": 2, "head": 256, "dropout": 0.3, "epochs": 30,
+        "batch_size": 256, "lr": 0.01, "deterministic": False}  # fmt: skip
+    assert top["amp"] and top["ema_decay"] == 0.999 and top["augment"]["rotation_deg"] == 10
+    p = params.zoo_model("digits_cnn_gpu_top", REPO / "params.yaml")
+    assert models.count_parameters(models.from_params(p, 0.1307, 0.3081)) == 575_338
+
+
 @pytest.mark.parametrize("name", list(repo_params()["train"]["zoo"]))
 def test_every_zoo_model_builds_and_trains_one_epoch_on_tiny_data(name):
     raw = repo_params()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import platform
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -69,6 +70,40 @@ def configure(device: torch.device, seed: int, deterministic: bool) -> None:
         torch.backends.cudnn.benchmark = False
     else:
         torch.backends.cudnn.benchmark = True
+
+
+def synchronize(device: torch.device) -> None:
+    """Wait for the work queued on ``device``, so that a host clock read after it is honest."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    elif device.type == "mps":
+        torch.mps.synchronize()
+
+
+class Clock:
+    """Seconds from ``start()`` to marks taken without waiting for the device: CUDA events on CUDA (read after the
+    work), the host clock after a ``synchronize`` elsewhere."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+        self._start: torch.cuda.Event | float = 0.0
+
+    def mark(self) -> torch.cuda.Event | float:
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        synchronize(self.device)
+        return time.perf_counter()
+
+    def start(self) -> None:
+        self._start = self.mark()
+
+    def seconds(self, mark: torch.cuda.Event | float) -> float:
+        if isinstance(mark, torch.cuda.Event):
+            mark.synchronize()
+            return self._start.elapsed_time(mark) / 1e3
+        return mark - self._start
 
 
 def describe(device: torch.device) -> str:

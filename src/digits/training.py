@@ -114,9 +114,11 @@ def augment_batch(xb: torch.Tensor, p: TrainParams, epoch: int, generator: torch
     return augmentations.apply(xb, a.model_dump(), generator, a.robust_share)
 
 
-def mixed_precision(p: TrainParams, device: torch.device) -> torch.autocast:
-    """bf16 autocast on CUDA when ``p.amp``; a disabled context elsewhere (CPU and MPS train in float32)."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.amp and device.type == "cuda")
+def mixed_precision(p: TrainParams, device: torch.device, cache: bool = True) -> torch.autocast:
+    """bf16 autocast on CUDA when ``p.amp``; a disabled context elsewhere (CPU and MPS train in float32).
+    ``cache=False`` for code captured into a CUDA graph (autocast's weight-cast cache must not outlive a capture)."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=p.amp and device.type == "cuda",
+                          cache_enabled=cache)  # fmt: skip
 
 
 def train_step(
