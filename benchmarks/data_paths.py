@@ -35,9 +35,14 @@ from digits import data, device, models, params, training
 RAW = Path("data/raw")
 
 
-def ours_data(p: params.TrainParams, dev: torch.device):
-    """The training set read from disk; returns (seconds to move it to ``dev``, epoch -> batches, images)."""
-    split = data.read_idx_pair(RAW / "train-images-idx3-ubyte", RAW / "train-labels-idx1-ubyte")
+def read_split(raw: Path, name: str, limit: int | None = None) -> data.Split:
+    """The ``train`` or ``t10k`` IDX pair in ``raw``; a stratified subset of ``limit`` images when given."""
+    split = data.read_idx_pair(raw / f"{name}-images-idx3-ubyte", raw / f"{name}-labels-idx1-ubyte")
+    return data.subset(split, limit, 0)
+
+
+def ours_data(p: params.TrainParams, dev: torch.device, split: data.Split):
+    """``split`` moved to ``dev`` as one tensor; returns (seconds to move it, epoch -> batches, images)."""
     start = time.perf_counter()
     x, y = data.to_device(split, dev)
     device.synchronize(dev)
@@ -50,28 +55,80 @@ def ours_data(p: params.TrainParams, dev: torch.device):
     return move_seconds, epoch_batches, len(y)
 
 
-def naive_data(p: params.TrainParams, root: Path, dev: torch.device):
-    """torchvision's MNIST with per-sample transforms, as PyTorch's MNIST example loads it (one worker and pinned
-    memory on CUDA); returns (epoch -> batches on ``dev``, images, test loader)."""
-    from torchvision import datasets, transforms
+def torchvision_mnist(root: Path, train: bool, transform, raw: Path = RAW, limit: int | None = None):
+    """torchvision's MNIST over the IDX files in ``raw`` (copied under ``root`` as torchvision expects them), each
+    image through ``transform`` as it is read; for ``limit``, the subset of ``read_split``."""
+    from torchvision import datasets
 
-    (root / "MNIST" / "raw").mkdir(parents=True, exist_ok=True)
-    for f in RAW.iterdir():
-        shutil.copy(f, root / "MNIST" / "raw" / f.name)
+    folder = root / "MNIST" / "raw"
+    if not folder.exists():
+        folder.mkdir(parents=True)
+        for f in raw.iterdir():
+            shutil.copy(f, folder / f.name)
+    dataset = datasets.MNIST(root, train=train, transform=transform)
+    if limit is None or limit >= len(dataset):
+        return dataset
+    return torch.utils.data.Subset(dataset, data.stratified_sample(dataset.targets.numpy(), limit, 0).tolist())
+
+
+def loader_settings(dev: torch.device) -> dict:
+    """DataLoader settings of PyTorch's MNIST example: one worker and pinned memory on CUDA, none elsewhere."""
+    return {"num_workers": 1, "pin_memory": True} if dev.type == "cuda" else {"num_workers": 0}
+
+
+def naive_data(p: params.TrainParams, root: Path, dev: torch.device):
+    """torchvision's MNIST with per-sample transforms, as PyTorch's MNIST example loads it; returns (epoch ->
+    batches on ``dev``, images, test loader)."""
+    from torchvision import transforms
+
     a = p.augment
     augment = transforms.RandomAffine(a.rotation_deg, translate=(a.shift, a.shift), scale=(1 - a.zoom, 1 + a.zoom))
     augmented, plain = transforms.Compose([augment, transforms.ToTensor()]), transforms.ToTensor()
-    train = datasets.MNIST(root, train=True, transform=augmented)
-    test = datasets.MNIST(root, train=False, transform=plain)
+    train, test = torchvision_mnist(root, True, augmented), torchvision_mnist(root, False, plain)
     torch.manual_seed(p.seed)
-    cuda = {"num_workers": 1, "pin_memory": True} if dev.type == "cuda" else {"num_workers": 0}
-    loader = torch.utils.data.DataLoader(train, batch_size=p.batch_size, shuffle=True, **cuda)
+    settings = loader_settings(dev)
+    loader = torch.utils.data.DataLoader(train, batch_size=p.batch_size, shuffle=True, **settings)
 
     def epoch_batches(epoch: int):
         train.transform = augmented if training.augments(p, epoch) else plain
         return ((xb.to(dev, non_blocking=True), yb.to(dev, non_blocking=True)) for xb, yb in loader)
 
-    return epoch_batches, len(train), torch.utils.data.DataLoader(test, batch_size=1000, **cuda)
+    return epoch_batches, len(train), torch.utils.data.DataLoader(test, batch_size=1000, **settings)
+
+
+def recipe_trainer(model: torch.nn.Module, p: params.TrainParams, n: int, dev: torch.device, epoch_batches):
+    """The recipe in ``p`` (optimizer, schedule, EMA, training step) over ``n`` images per epoch; returns
+    (epoch -> None: trains one epoch on ``epoch_batches(epoch)``, the model to evaluate)."""
+    opt = training.make_optimizer(p, model)
+    sched, per_batch = training.make_scheduler(p, opt, -(-n // p.batch_size))
+    ema = training.EMA(model, p.ema_decay) if p.ema_decay else None
+    autocast = training.mixed_precision(p, dev)
+
+    def train_epoch(epoch: int) -> None:
+        model.train()
+        for xb, yb in epoch_batches(epoch):
+            training.train_step(model, xb, yb, opt, p.label_smoothing, autocast)
+            if ema:
+                ema.update(model)
+            if per_batch:
+                sched.step()
+        if sched is not None and not per_batch:
+            sched.step()
+
+    return train_epoch, ema.module if ema else model
+
+
+def timed_epochs(train_epoch, accuracy, dev: torch.device, epochs: int, label: str, trained: float = 0.0):
+    """Yields (epoch, test accuracy, seconds of training so far) after each of ``epochs`` epochs of ``train_epoch``
+    (the clock starts at ``trained`` seconds and stops while ``accuracy()`` evaluates)."""
+    for epoch in range(1, epochs + 1):
+        start = time.perf_counter()
+        train_epoch(epoch)
+        device.synchronize(dev)
+        trained += time.perf_counter() - start
+        acc = accuracy()
+        print(f"[{label}] epoch {epoch}: test {acc:.4f}, {trained:.1f} s training", file=sys.stderr, flush=True)
+        yield epoch, acc, trained
 
 
 @torch.inference_mode()
@@ -90,51 +147,34 @@ def worker(path: str, p: params.TrainParams, infer_batch: int) -> dict:
     dev = device.select(p.device)
     device.configure(dev, p.seed, p.deterministic)
     torch.zeros(1, device=dev)  # start the device's runtime (CUDA context) before any clock runs
-    test = data.read_idx_pair(RAW / "t10k-images-idx3-ubyte", RAW / "t10k-labels-idx1-ubyte")
-    tx, ty = data.to_device(test, dev)
+    tx, ty = data.to_device(read_split(RAW, "t10k"), dev)
     model = training.prepare(models.from_params(p, 0.1307, 0.3081), p, dev)
     with tempfile.TemporaryDirectory() as tmp:
-        if path == "ours":
-            trained, epoch_batches, n = ours_data(p, dev)  # moving the data to the device counts as training
+        if path == "ours":  # moving the data to the device counts as training
+            moved, epoch_batches, n = ours_data(p, dev, read_split(RAW, "train"))
             test_loader = None
         else:
-            trained, (epoch_batches, n, test_loader) = 0.0, naive_data(p, Path(tmp), dev)
-        opt = training.make_optimizer(p, model)
-        sched, per_batch = training.make_scheduler(p, opt, -(-n // p.batch_size))
-        ema = training.EMA(model, p.ema_decay) if p.ema_decay else None
-        kept = ema.module if ema else model
-        autocast = training.mixed_precision(p, dev)
-        images, reached, curve = 0, {}, []
-        for epoch in range(1, p.epochs + 1):
-            model.train()
-            start = time.perf_counter()
-            for xb, yb in epoch_batches(epoch):
-                training.train_step(model, xb, yb, opt, p.label_smoothing, autocast)
-                if ema:
-                    ema.update(model)
-                if per_batch:
-                    sched.step()
-                images += len(yb)
-            if sched is not None and not per_batch:
-                sched.step()
-            device.synchronize(dev)
-            trained += time.perf_counter() - start
+            moved, (epoch_batches, n, test_loader) = 0.0, naive_data(p, Path(tmp), dev)
+        train_epoch, kept = recipe_trainer(model, p, n, dev, epoch_batches)
+
+        def accuracy() -> float:
             if test_loader is None:
-                acc = (training.predict_logits(kept, tx).argmax(1) == ty).float().mean().item()
-            else:
-                acc = naive_hits(kept, test_loader, dev) / len(test)
+                return training.loss_and_accuracy(kept, tx, ty)[1]
+            return naive_hits(kept, test_loader, dev) / len(ty)
+
+        reached, curve = {}, []
+        for _, acc, trained in timed_epochs(train_epoch, accuracy, dev, p.epochs, path, moved):
             curve.append(round(acc, 4))
             for target in (0.99, 0.995):
                 if acc >= target and target not in reached:
                     reached[target] = round(trained, 2)
-            print(f"[{path}] epoch {epoch}: test {acc:.4f}, {trained:.1f} s training", file=sys.stderr, flush=True)
         if test_loader is None:  # the evaluate stage's inference: compiled, BatchNorm folded, median of 5 passes
             infer = training.inference_rate(models.for_inference(kept, dev, compile=True), tx, infer_batch)
         else:
-            infer = statistics.median(len(test) / timed(naive_hits, kept, test_loader, dev) for _ in range(5))
+            infer = statistics.median(len(ty) / timed(naive_hits, kept, test_loader, dev) for _ in range(5))
     return {"path": path, "final_accuracy": round(acc, 4), "train_seconds": round(trained, 2),
             "seconds_to_99.0": reached.get(0.99), "seconds_to_99.5": reached.get(0.995),
-            "train_images_per_second": round(images / trained), "inference_images_per_second": round(infer),
+            "train_images_per_second": round(n * p.epochs / trained), "inference_images_per_second": round(infer),
             "peak_rss_mb": device.peak_rss_mb(), "device": device.describe(dev), "curve": curve}
 
 

@@ -1,6 +1,7 @@
 """The benchmark scripts run end to end on tiny data: the multi-seed recipe comparison (with resume), the
-data-path benchmark (ours vs. the per-sample torchvision path), time to accuracy with its floor, the allocator
-comparison, the app under load and the training augmentations (ours vs. kornia)."""
+data-path benchmark (ours vs. the per-sample torchvision path), ours vs. PyTorch's MNIST example to a target, time
+to accuracy with its floor, the allocator comparison, the app under load and the training augmentations (ours vs.
+kornia)."""
 
 from __future__ import annotations
 
@@ -126,6 +127,25 @@ def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:
     for metric in ("final_accuracy", "seconds_to_99.5", "train_images_per_second", "inference_images_per_second"):
         assert f"| {metric} |" in table
     assert "ours test accuracy per epoch: [" in table and "naive test accuracy per epoch: [" in table
+
+
+def test_peer_benchmark_races_the_pytorch_example_recipe_to_the_target(tmp_path: Path) -> None:
+    make_idx_dataset(tmp_path / "data" / "raw", n_train=256, n_test=64)
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    proc = script("peer.py", "--model=digits_cnn_fast", *TINY, "--limit=128", "--max-epochs-peer=3", "--threads=1",
+                  "--target=0", cwd=tmp_path)  # fmt: skip
+    *table, line = proc.stdout.strip().splitlines()
+    r = json.loads(line)
+    assert r["machine"].startswith("CPU ") and r["threads"] == 1 and r["limit"] == 128 and r["target_ratio"] == 20
+    for run in (r["peer"], r["ours"]):  # target 0: reached after the first epoch, where each stops
+        assert run["epochs"] == 1 and len(run["curve"]) == 1 and run["device"] == "cpu (1 threads)"
+        assert run["seconds_to_target"] == run["train_seconds"] == run["curve"][0][1] > 0
+    assert r["ratio"] == round(r["peer"]["seconds_to_target"] / r["ours"]["seconds_to_target"], 2)
+    assert not r["ratio_is_lower_bound"]
+    text = "\n".join(table)
+    assert text.startswith("machine: CPU ") and "| run | seconds to target | epochs | best test accuracy |" in text
+    assert "| peer | " in text and "| ours | " in text and f"peer/ours: {r['ratio']:.1f}× (target ≥ 20×)" in text
+    assert "[peer] epoch 1: test" in proc.stderr and "[ours] epoch 1: test" in proc.stderr
 
 
 def test_time_to_accuracy_reports_checkpoints_start_up_and_floor(tmp_path: Path) -> None:
