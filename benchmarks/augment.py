@@ -35,7 +35,8 @@ import torch.nn.functional as F
 
 from digits import augmentations, data, device, models, params, training
 
-STRENGTHS = {"thickness": 0.5, "lowres": 0.5, "blur": 1.5, "erasing": 0.5, "contrast": 0.5, "noise": 0.2}
+STRENGTHS = {"thickness": 0.5, "outline": 0.3, "lowres": 0.5, "blur": 1.5, "erasing": 0.5, "scribble": 0.3,
+             "shading": 3.0, "contrast": 0.5, "noise": 0.2}  # fmt: skip
 
 
 def images(path: Path, n: int) -> torch.Tensor:
@@ -136,7 +137,7 @@ def cost(x: torch.Tensor, repeats: int) -> None:
     yb = torch.randint(0, 10, (128,), generator=g)
     a = p.augment
     fns = {name: own(name, xb, g) for name in augmentations.TRANSFORMS}
-    fns["all six"] = lambda: augmentations.apply(xb, STRENGTHS, g)
+    fns["all of them"] = lambda: augmentations.apply(xb, STRENGTHS, g)
     fns["rotation/zoom/shift"] = lambda: data.augment(xb, a.rotation_deg, a.zoom, a.shift, g)
     fns["train step"] = lambda: training.train_step(model, xb, yb, opt, p.label_smoothing, autocast)
     model.train()

@@ -42,15 +42,21 @@ VAL_SEED = 1000  # robustness seeds on the validation split: apart from evaluate
 
 
 def _exit_with(parent: int) -> None:
-    """End this worker as soon as ``parent`` (the main process) is gone, however it ended."""
+    """End this worker as soon as ``parent`` (the main process) is no longer its parent, however it ended."""
     while os.getppid() == parent:
         time.sleep(0.5)
     os._exit(1)
 
 
+def _start_worker(main: int, *load_args) -> None:
+    """Worker start: watch ``main`` (the main process's pid, passed in as it may end while this worker starts), then
+    ``_load``."""
+    threading.Thread(target=_exit_with, args=(main,), daemon=True).start()
+    _load(*load_args)
+
+
 def _load(data_dir: str, threads: int, fonts_dir: str | None = None) -> None:
-    """Worker start: the processed splits (and the font digits, for robustness), once per process."""
-    threading.Thread(target=_exit_with, args=(os.getppid(),), daemon=True).start()
+    """The processed splits (and the font digits, for robustness), once per process."""
     torch.set_num_threads(threads)
     for name in ("train", "val", "test"):
         _splits[name] = data.load_split(Path(data_dir) / f"{name}.pt")
@@ -220,7 +226,8 @@ def main() -> None:
     ctx = multiprocessing.get_context("spawn")  # CUDA cannot be used in forked workers
     for sig in (signal.SIGINT, signal.SIGTERM):  # finished runs are on disk: stop now, and the workers follow
         signal.signal(sig, lambda num, _: (print(f"stopped by signal {num}", flush=True), os._exit(128 + num)))
-    with ProcessPoolExecutor(args.jobs, ctx, initializer=_load, initargs=(args.data, threads, fonts_dir)) as pool:
+    with ProcessPoolExecutor(args.jobs, ctx, initializer=_start_worker,
+                             initargs=(os.getpid(), args.data, threads, fonts_dir)) as pool:
         running: set = set()
         while todo or running:
             while todo and len(running) < args.jobs and time.monotonic() < deadline:
