@@ -18,7 +18,7 @@ esac
 
 setup() {
     local stamp=.venv/.installed want
-    fonts_setup
+    debian_setup
     want=$(sha256sum pyproject.toml | cut -d' ' -f1)
     if [[ -x .venv/bin/python && -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
         return
@@ -30,22 +30,23 @@ setup() {
     echo "$want" > "$stamp"
 }
 
-# The handwriting fonts of the render stage: the Debian packages in scripts/font-packages.txt, installed when missing
-# where apt-get and root (or sudo without a password) are at hand. Elsewhere one line says so, and the render stage
-# leaves their font families out, naming them (its MD5s then differ).
-fonts_setup() {
+# Debian packages: the render stage's handwriting fonts (scripts/font-packages.txt) and tcmalloc for the train stage
+# (scripts/tcmalloc.sh), installed when missing where apt-get and root (or sudo without a password) are at hand.
+# Elsewhere one line says so; the render stage then leaves the font families out, naming them (its MD5s then differ),
+# and the train stage runs on the C library's malloc.
+debian_setup() {
     local pkg sudo=() missing=()
-    command -v dpkg-query >/dev/null 2>&1 || { echo "no dpkg: the render stage gets no handwriting fonts" >&2; return 0; }
+    command -v dpkg-query >/dev/null 2>&1 || { echo "no dpkg: no handwriting fonts, no tcmalloc" >&2; return 0; }
     while read -r pkg; do
         [[ $(dpkg-query -W -f='${db:Status-Abbrev}' "$pkg" 2>/dev/null) == ii* ]] || missing+=("$pkg")
-    done < scripts/font-packages.txt
+    done < <(cat scripts/font-packages.txt; echo libtcmalloc-minimal4)
     ((${#missing[@]})) || return 0
     if [[ $(id -u) -ne 0 ]]; then
         sudo=(sudo -n)
         "${sudo[@]}" true 2>/dev/null || { echo "no root or sudo: not installing ${missing[*]}" >&2; return 0; }
     fi
     command -v apt-get >/dev/null 2>&1 || { echo "no apt-get: not installing ${missing[*]}" >&2; return 0; }
-    echo "Installing the render stage's fonts: ${missing[*]} ..." >&2
+    echo "Installing Debian packages: ${missing[*]} ..." >&2
     local apt=("${sudo[@]}" env DEBIAN_FRONTEND=noninteractive apt-get -y -qq)
     { "${apt[@]}" install "${missing[@]}" || { "${apt[@]}" update && "${apt[@]}" install "${missing[@]}"; }; } \
         >/dev/null 2>&1 || echo "apt-get could not install ${missing[*]}" >&2

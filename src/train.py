@@ -112,6 +112,7 @@ def main() -> None:
             "n_parameters": n_params,
             "peak_rss_mb": device.peak_rss_mb(),
             "machine": device.machine_class(dev),  # the class of machine train_seconds was measured on
+            "malloc": stage.malloc_in_use(),  # tcmalloc under scripts/tcmalloc.sh (dvc.yaml), else the C library's
         }
         files.write_json(metrics_dir / "train.json", metrics)
         mlflow.log_metrics(
@@ -122,6 +123,7 @@ def main() -> None:
                 **{k: metrics[k] for k in ("epochs_run", "train_seconds", "train_images_per_second")},
             }
         )
+        mlflow.set_tags({"machine": metrics["machine"], "malloc": metrics["malloc"]})
         mlflow.log_artifact(str(Path(args.fig_dir) / "training_curves.png"), "figures")
 
         tracking.log_model(model, val_xy[0][:4])

@@ -4,6 +4,7 @@ the commands end-to-end tests run in a temporary project."""
 from __future__ import annotations
 
 import contextlib
+import glob
 import gzip
 import hashlib
 import os
@@ -207,6 +208,8 @@ def clean_env(**extra: str) -> dict[str, str]:
     env["PATH"] = f"{Path(sys.executable).parent}{os.pathsep}{env['PATH']}"
     return {**env, **extra}
 
+
+TCMALLOC = bool(glob.glob("/usr/lib/*/libtcmalloc_minimal.so.4"))  # what scripts/tcmalloc.sh preloads
 
 TEST_RUN_MARK = "DIGITS_TEST_RUN"  # set by conftest.py for the whole session; every process the tests start inherits it
 

@@ -1,7 +1,7 @@
 """The benchmark scripts run end to end on tiny data: the multi-seed recipe comparison (with resume), the
 data-path benchmark (ours vs. the per-sample torchvision path), ours vs. PyTorch's MNIST example to a target, time
-to accuracy with its floor, the allocator comparison, the app under load and the training augmentations (ours vs.
-kornia)."""
+to accuracy with its floor, the training loop's speed settings, the app under load and the training augmentations
+(ours vs. kornia)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import pytest
 import torch
 from helpers import REPO, clean_env, closed_port, make_idx_dataset
 
-from digits import augmentations, data, files, models, params, training
+from digits import augmentations, data, device, files, models, params, training
 
 TINY = ["--set=device=cpu", "--set=epochs=1", "--set=width=4", "--set=head=8", "--set=batch_size=32",
         "--set=ema_decay=0", "--set=augment.rotation_deg=5"]  # fmt: skip
@@ -170,11 +170,20 @@ def test_time_to_accuracy_reports_checkpoints_start_up_and_floor(tmp_path: Path)
     assert {"seconds_to_99.0%", "floor_to_99.5%", "startup_context_s", "startup_prepare_s"} <= r.keys()
 
 
-def test_allocator_benchmark_compares_glibc_with_the_stages_setting(tmp_path: Path) -> None:
+def test_train_speed_benchmark_prints_each_variant_per_instruction_set(tmp_path: Path) -> None:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
-    table = script("allocator.py", "--rounds=1", "--images=256", cwd=tmp_path).stdout
-    assert "| allocator | images/s | minor page faults | system CPU s |" in table
-    assert "| glibc | " in table and "| keep | " in table
+    out = script("train_speed.py", "--rounds=1", "--images=256", "--variants=stage,glibc,contiguous", cwd=tmp_path)
+    lines = out.stdout.splitlines()
+    header = next(line for line in lines if line.startswith("| variant |"))
+    classes = ["CPU AVX-512,", "CPU AVX2 (imitated on AVX-512),"] if device.cpu_isa() == "AVX-512" else ["CPU "]
+    assert all(c in header for c in classes) and header.count("images/s") == len(classes)
+    rows = {line.split(" | ")[0][2:]: line for line in lines if line.startswith("| ") and "---" not in line}
+    assert {"stage", "glibc", "contiguous"} <= rows.keys()
+    assert rows["stage"].count("| 1.00 |") == len(classes)
+    summary = json.loads(lines[-1])["images_per_second"]
+    assert len(summary) == 3 * len(classes) and all(rate > 0 for rate in summary.values())
+    bad = script("train_speed.py", "--variants=fastest", cwd=tmp_path, check=False)
+    assert bad.returncode != 0 and "unknown variant(s) fastest" in bad.stderr
 
 
 def test_app_load_benchmark_reports_throughput_latency_and_memory(tmp_path: Path) -> None:

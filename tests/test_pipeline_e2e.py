@@ -11,7 +11,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from helpers import REPO, git_project, run, small_data, store_uri
+from helpers import REPO, TCMALLOC, git_project, run, small_data, store_uri
 from helpers import mlflow_runs as runs
 
 from digits.files import md5_file
@@ -62,6 +62,9 @@ def test_repro_runs_every_stage_and_logs_one_mlflow_run(project: Path):
     assert r.data.params["width"] == str(trained["width"]) == "8"  # a key the test's params.yaml sets
     assert r.data.params["model"] == trained["model"] == "digits_cnn" and "hidden" not in r.data.params
     assert r.data.metrics["test_accuracy"] == pytest.approx(evaluation["test_accuracy"])
+    train = json.loads((project / "metrics/train.json").read_text())  # dvc.yaml runs train under scripts/tcmalloc.sh
+    assert train["malloc"] == r.data.tags["malloc"] == ("tcmalloc" if TCMALLOC else "glibc")
+    assert r.data.tags["machine"] == train["machine"]
     assert r.data.tags["git_commit"] == run(["git", "rev-parse", "HEAD"], project).stdout.strip()
     assert r.data.tags["data_md5.t10k-labels-idx1-ubyte"] == "27ae3e4e09519cfbb04c329615203637"
     expected_device = "cuda" if torch.cuda.is_available() else "cpu"

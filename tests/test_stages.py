@@ -12,7 +12,7 @@ import mlflow
 import pytest
 import torch
 import yaml
-from helpers import clean_env, make_idx_dataset, store_uri
+from helpers import TCMALLOC, clean_env, make_idx_dataset, store_uri
 
 from digits import corruptions, data, fonts, reporting
 
@@ -285,3 +285,13 @@ def test_stages_keep_freed_memory_for_reuse_where_glibc_would_give_it_back():
         assert proc.returncode == 0, proc.stderr
         kept[mode] = int(proc.stdout)
     assert kept["glibc"] < 8 <= 40 <= kept["keep"], kept  # by default 1 MiB buffers are unmapped when freed
+
+
+@pytest.mark.skipif(not TCMALLOC, reason="libtcmalloc-minimal4 is not installed (scripts/dev.sh setup installs it)")
+def test_tcmalloc_wrapper_preloads_it_unless_glibc_is_asked_for():
+    probe = [sys.executable, "-c", "from digits import stage; print(stage.malloc_in_use())"]
+    for cmd, extra, want in ((["bash", "scripts/tcmalloc.sh", *probe], {}, "tcmalloc"),
+                             (["bash", "scripts/tcmalloc.sh", *probe], {"DIGITS_MALLOC": "glibc"}, "glibc"),
+                             (probe, {}, "glibc")):  # fmt: skip
+        proc = subprocess.run(cmd, cwd=REPO, env=clean_env(**extra), capture_output=True, text=True, timeout=120)
+        assert (proc.returncode, proc.stdout.strip()) == (0, want), (cmd, extra, proc.stderr)

@@ -11,6 +11,7 @@ import signal
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 from digits.errors import Interrupted, UserError
 
@@ -30,7 +31,7 @@ def keep_freed_memory() -> bool:
 
     A training step frees and allocates the same activation buffers every batch. With glibc's defaults many are
     unmapped or trimmed, then faulted in again page by page: ~360 k minor page faults per 16k-image epoch of the
-    default model on AVX2 (benchmarks/allocator.py). Here buffers up to 32 MiB (glibc's ceiling) come from the
+    default model on AVX2 (benchmarks/train_speed.py). Here buffers up to 32 MiB (glibc's ceiling) come from the
     heap, which grows in 64 MiB steps and is trimmed only beyond 1 GiB free at its top: freed memory stays with the
     process for its next allocations. Returns False where the C library is not glibc (nothing changed).
     """
@@ -40,6 +41,17 @@ def keep_freed_memory() -> bool:
         return False
     return all(mallopt(param, value) == 1 for param, value in (
         (_M_MMAP_THRESHOLD, 32 << 20), (_M_TRIM_THRESHOLD, 1 << 30), (_M_TOP_PAD, 64 << 20)))  # fmt: skip
+
+
+def malloc_in_use() -> str:
+    """The allocator serving this process: "tcmalloc" when preloaded (scripts/tcmalloc.sh), else "glibc" or "system"."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:  # not Linux
+        return "system"
+    if "libtcmalloc" in maps:
+        return "tcmalloc"
+    return "glibc" if "libc.so.6" in maps else "system"
 
 
 def quiet_libraries() -> None:

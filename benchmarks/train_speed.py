@@ -1,0 +1,146 @@
+"""Benchmark: the CPU training loop under each speed setting, on this CPU's instruction set and, on an AVX-512 host,
+as an AVX2-only CPU would run it (scripts/avx2.env), printed side by side.
+
+Each variant trains one epoch of the default recipe (augmentation and EMA as the train stage runs them) on 16,384
+random digits after a warm-up epoch on a quarter of them (first touch of every buffer; compilation), each in a fresh
+process; rounds are interleaved so that a drift of the host hits every variant alike.
+
+- stage: as the train stage runs it (`digits.stage.keep_freed_memory()`, the recipe's channels_last, 2 threads);
+- glibc: glibc's malloc with its defaults; tcmalloc: `LD_PRELOAD` of Debian's libtcmalloc-minimal4, where installed;
+- compile: `train.compile` (torch.compile of the model, forward and backward, by Inductor);
+- contiguous: `train.channels_last=false`; batch256: `train.batch_size=256`; 1thread: one thread instead of all.
+
+Prints images/s (median, min–max over rounds) and each variant against `stage` on the same instruction set, with
+minor page faults and system CPU time of the timed epoch. The imitated column is labelled so: it reproduces which
+kernels run, not the speed of an AVX2-only machine (docs/benchmarks.md).
+
+    python benchmarks/train_speed.py --rounds 3
+    python benchmarks/train_speed.py --variants stage,tcmalloc --isa native
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from digits import device, models, params, stage, training
+
+REPO = Path(__file__).resolve().parent.parent
+TCMALLOC = sorted(glob.glob("/usr/lib/*/libtcmalloc_minimal.so.4*"))
+# name: (train-param overrides, allocator, threads; None: all this process may use)
+VARIANTS: dict[str, tuple[dict, str, int | None]] = {
+    "stage": ({}, "keep", None),
+    "glibc": ({}, "glibc", None),
+    "tcmalloc": ({}, "tcmalloc", None),
+    "compile": ({"compile": True}, "keep", None),
+    "contiguous": ({"channels_last": False}, "keep", None),
+    "batch256": ({"batch_size": 256}, "keep", None),
+    "1thread": ({}, "keep", 1),
+}
+
+
+def epoch(overrides: dict, keep: bool, threads: int | None, n: int) -> dict:
+    """One warm-up epoch on n/4 random digits, then one timed epoch on ``n`` of them."""
+    if keep:
+        stage.keep_freed_memory()
+    p = params.load().train.model_copy(update={"epochs": 1, **overrides})
+    cpu = torch.device("cpu")
+    device.configure(cpu, p.seed, p.deterministic)
+    if threads:
+        torch.set_num_threads(threads)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randint(0, 256, (n, 1, 28, 28), generator=g).float() / 255
+    y = torch.randint(0, 10, (n,), generator=g)
+    val = (x[:512], y[:512])
+    model = training.prepare(models.from_params(p, 0.1307, 0.3081), p, cpu)
+    training.fit(model, (x[: n // 4], y[: n // 4]), val, p)
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    training.fit(model, (x, y), val, p)
+    seconds, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return {"images_per_second": n / seconds, "minor_faults": after.ru_minflt - before.ru_minflt,
+            "system_seconds": after.ru_stime - before.ru_stime, "machine": device.machine_class(cpu)}  # fmt: skip
+
+
+def child(variant: str, isa: str, images: int) -> dict:
+    """Run ``variant`` in a fresh process, with scripts/avx2.env sourced first for ``isa == "avx2"``."""
+    overrides, allocator, threads = VARIANTS[variant]
+    env = dict(os.environ)
+    if allocator == "tcmalloc":
+        env["LD_PRELOAD"] = TCMALLOC[0]
+    spec = json.dumps({"overrides": overrides, "keep": allocator == "keep", "threads": threads, "images": images})
+    cmd = [sys.executable, __file__, "--child", spec]
+    if isa == "avx2":
+        cmd = ["bash", "-c", f'set -a; source "{REPO}/scripts/avx2.env"; set +a; exec "$@"', "-", *cmd]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if out.returncode != 0:
+        sys.exit(f"{variant} ({isa}) failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.splitlines()[-1])
+
+
+def spread(values: list[float], fmt: str) -> str:
+    """Median (min–max), or the one value."""
+    mid = fmt.format(statistics.median(values))
+    return mid if len(values) == 1 else f"{mid} ({fmt.format(min(values))}–{fmt.format(max(values))})"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--images", type=int, default=16384)
+    ap.add_argument("--variants", default=",".join(VARIANTS), help="comma-separated, from: " + ", ".join(VARIANTS))
+    ap.add_argument("--isa", default="native,avx2", help="native and/or avx2 (imitated; only on an AVX-512 host)")
+    ap.add_argument("--child", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        spec = json.loads(args.child)
+        print(json.dumps(epoch(spec["overrides"], spec["keep"], spec["threads"], spec["images"])))
+        return
+    variants = [v for v in args.variants.split(",") if v]
+    if unknown := [v for v in variants if v not in VARIANTS]:
+        sys.exit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
+    if "tcmalloc" in variants and not TCMALLOC:
+        print("tcmalloc: not installed (apt-get install libtcmalloc-minimal4), left out", file=sys.stderr)
+        variants.remove("tcmalloc")
+    isas = [i for i in args.isa.split(",") if i]
+    if "avx2" in isas and device.cpu_isa() != "AVX-512":
+        print(f"avx2: this CPU is {device.cpu_isa()}, nothing to imitate; left out", file=sys.stderr)
+        isas.remove("avx2")
+    if not variants or not isas or set(isas) - {"native", "avx2"}:
+        sys.exit("nothing to run: give --variants from the list and --isa native and/or avx2")
+    runs: dict[tuple[str, str], list[dict]] = {(v, i): [] for v in variants for i in isas}
+    for _ in range(args.rounds):
+        for isa in isas:
+            for variant in variants:
+                runs[variant, isa].append(child(variant, isa, args.images))
+    machines = {isa: runs[variants[0], isa][0]["machine"] for isa in isas}
+    print(f"torch {torch.__version__}, {args.images} images, {args.rounds} round(s): median (min–max)")
+    print("| variant | " + " | ".join(f"{machines[i]}: images/s | × stage | page faults | system s" for i in isas)
+          + " |\n|---|" + "---:|" * 4 * len(isas))  # fmt: skip
+    summary = {}
+    for variant in variants:
+        cells = []
+        for isa in isas:
+            rs = runs[variant, isa]
+            rate = statistics.median(r["images_per_second"] for r in rs)
+            base = runs.get(("stage", isa))
+            ratio = f"{rate / statistics.median(r['images_per_second'] for r in base):.2f}" if base else "–"
+            cells += [spread([r["images_per_second"] for r in rs], "{:,.0f}"), ratio,
+                      spread([r["minor_faults"] for r in rs], "{:,.0f}"),
+                      spread([r["system_seconds"] for r in rs], "{:.2f}")]  # fmt: skip
+            summary[f"{variant} | {machines[isa]}"] = round(rate)
+        print(f"| {variant} | " + " | ".join(cells) + " |")
+    print(json.dumps({"images_per_second": summary, "images": args.images, "rounds": args.rounds}))
+
+
+if __name__ == "__main__":
+    main()
