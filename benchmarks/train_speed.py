@@ -6,7 +6,7 @@ random digits after a warm-up epoch on a quarter of them (first touch of every b
 process; rounds are interleaved so that a drift of the host hits every variant alike.
 
 - stage: as the train stage runs it (`digits.stage.keep_freed_memory()`, the recipe's channels_last, 2 threads);
-- glibc: glibc's malloc with its defaults; tcmalloc: `LD_PRELOAD` of Debian's libtcmalloc-minimal4, where installed;
+- glibc: glibc's malloc with its defaults; tcmalloc: through scripts/tcmalloc.sh, as the train stage (where installed);
 - compile: `train.compile` (torch.compile of the model, forward and backward, by Inductor);
 - contiguous: `train.channels_last=false`; batch256: `train.batch_size=256`; 1thread: one thread instead of all.
 
@@ -21,7 +21,6 @@ kernels run, not the speed of an AVX2-only machine (docs/benchmarks.md).
 from __future__ import annotations
 
 import argparse
-import glob
 import json
 import os
 import resource
@@ -36,7 +35,7 @@ import torch
 from digits import device, models, params, stage, training
 
 REPO = Path(__file__).resolve().parent.parent
-TCMALLOC = sorted(glob.glob("/usr/lib/*/libtcmalloc_minimal.so.4*"))
+TCMALLOC_SH = REPO / "scripts" / "tcmalloc.sh"  # the launcher of the train stage (dvc.yaml): where tcmalloc is found
 # name: (train-param overrides, allocator, threads; None: all this process may use)
 VARIANTS: dict[str, tuple[dict, str, int | None]] = {
     "stage": ({}, "keep", None),
@@ -71,14 +70,22 @@ def epoch(overrides: dict, keep: bool, threads: int | None, n: int) -> dict:
             "system_seconds": after.ru_stime - before.ru_stime, "machine": device.machine_class(cpu)}  # fmt: skip
 
 
+def tcmalloc_installed() -> bool:
+    """Whether scripts/tcmalloc.sh finds tcmalloc to preload."""
+    env = {k: v for k, v in os.environ.items() if k != "DIGITS_MALLOC"}
+    out = subprocess.run(["bash", str(TCMALLOC_SH), "printenv", "LD_PRELOAD"], env=env, capture_output=True, text=True)
+    return "tcmalloc" in out.stdout
+
+
 def child(variant: str, isa: str, images: int) -> dict:
-    """Run ``variant`` in a fresh process, with scripts/avx2.env sourced first for ``isa == "avx2"``."""
+    """Run ``variant`` in a fresh process (through scripts/tcmalloc.sh for tcmalloc, as the train stage runs), with
+    scripts/avx2.env sourced first for ``isa == "avx2"``."""
     overrides, allocator, threads = VARIANTS[variant]
-    env = dict(os.environ)
-    if allocator == "tcmalloc":
-        env["LD_PRELOAD"] = TCMALLOC[0]
+    env = {k: v for k, v in os.environ.items() if k != "DIGITS_MALLOC"}
     spec = json.dumps({"overrides": overrides, "keep": allocator == "keep", "threads": threads, "images": images})
     cmd = [sys.executable, __file__, "--child", spec]
+    if allocator == "tcmalloc":
+        cmd = ["bash", str(TCMALLOC_SH), *cmd]
     if isa == "avx2":
         cmd = ["bash", "-c", f'set -a; source "{REPO}/scripts/avx2.env"; set +a; exec "$@"', "-", *cmd]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
@@ -108,7 +115,7 @@ def main() -> None:
     variants = [v for v in args.variants.split(",") if v]
     if unknown := [v for v in variants if v not in VARIANTS]:
         sys.exit(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    if "tcmalloc" in variants and not TCMALLOC:
+    if "tcmalloc" in variants and not tcmalloc_installed():
         print("tcmalloc: not installed (apt-get install libtcmalloc-minimal4), left out", file=sys.stderr)
         variants.remove("tcmalloc")
     isas = [i for i in args.isa.split(",") if i]

@@ -4,7 +4,6 @@ the commands end-to-end tests run in a temporary project."""
 from __future__ import annotations
 
 import contextlib
-import glob
 import gzip
 import hashlib
 import os
@@ -209,7 +208,9 @@ def clean_env(**extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-TCMALLOC = bool(glob.glob("/usr/lib/*/libtcmalloc_minimal.so.4"))  # what scripts/tcmalloc.sh preloads
+# whether the train stage's launcher (scripts/tcmalloc.sh) preloads tcmalloc here
+TCMALLOC = "tcmalloc" in subprocess.run(["bash", str(REPO / "scripts" / "tcmalloc.sh"), "printenv", "LD_PRELOAD"],
+                                        capture_output=True, text=True).stdout
 
 TEST_RUN_MARK = "DIGITS_TEST_RUN"  # set by conftest.py for the whole session; every process the tests start inherits it
 
