@@ -118,7 +118,7 @@ def main() -> None:
     peer, ours = runs["peer"], runs["ours"]
     # peer short of the target: its time to it is beyond all it trained, so the ratio is a lower bound
     to_target = ours["seconds_to_target"]
-    ratio = None if to_target is None else (peer["seconds_to_target"] or peer["train_seconds"]) / to_target
+    ratio = None if to_target is None else round((peer["seconds_to_target"] or peer["train_seconds"]) / to_target, 2)
     bound = ratio is not None and peer["seconds_to_target"] is None
     shown = "–" if ratio is None else ("≥ " if bound else "") + f"{ratio:.1f}×"
     print(f"machine: {ours['machine']}, {ours['device']}, torch {torch.__version__}; target {args.target:.1%} test "
@@ -129,7 +129,7 @@ def main() -> None:
     print(f"peer/ours: {shown} (target ≥ {TARGET_RATIO:g}×)")
     print(json.dumps({"benchmark": "peer", "machine": ours["machine"], "torch": torch.__version__, "threads":
                       args.threads, "target_accuracy": args.target, "limit": args.limit, "model": args.model,
-                      "set": args.set, "peer": peer, "ours": ours, "ratio": ratio and round(ratio, 2),
+                      "set": args.set, "peer": peer, "ours": ours, "ratio": ratio,
                       "ratio_is_lower_bound": bound, "target_ratio": TARGET_RATIO}))  # fmt: skip
 
 
