@@ -351,6 +351,18 @@ def test_fit_seed_controls_shuffling(train_xy, val_xy) -> None:
     assert not state_equal(a.state_dict(), b.state_dict())
 
 
+def test_predict_logits_gives_a_last_partial_batch_the_batch_size() -> None:
+    seen = []
+    model = torch.nn.Flatten()
+    model.register_forward_hook(lambda m, args, out: seen.append(len(args[0])))
+    x = torch.rand(20, 1, 2, 2)
+    assert torch.equal(training.predict_logits(model, x, batch_size=8), x.flatten(1))
+    assert seen == [8, 8, 8], "rows 12-19 last, of which 16-19 are kept"
+    seen.clear()
+    assert torch.equal(training.predict_logits(model, x[:5], batch_size=8), x[:5].flatten(1))
+    assert seen == [5], "a single short batch stays as it is"
+
+
 def test_predict_logits_batches_match_single_pass(val_xy) -> None:
     model = build("cnn")
     x, _ = val_xy

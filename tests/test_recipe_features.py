@@ -91,6 +91,22 @@ def test_for_inference_keeps_outputs_and_the_original(arch, compile):
         torch.testing.assert_close(training.predict_logits(fast, x, 8), model(x), atol=1e-5, rtol=1e-4)  # 2nd call
 
 
+def test_compiled_inference_freezes_weights_into_onednn_convolutions_and_compiles_once():
+    """The compiled model runs oneDNN convolutions with prepacked weights and fused ReLU (Inductor's freezing), and a
+    partial last batch is not compiled for anew."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    model = models.build("cnn", 0.1, 0.3, width=4, stages=2, dropout=0.0).eval()
+    fast = models.for_inference(model, torch.device("cpu"), compile=True)
+    x = torch.rand(20, 1, 28, 28)
+    logits, codes = run_and_get_code(training.predict_logits, fast, x, 8)
+    assert len(codes) == 1, "one graph for all three batches of 20 images"
+    assert "mkldnn._convolution_pointwise" in codes[0] and "'relu'" in codes[0]
+    with torch.inference_mode():
+        torch.testing.assert_close(logits, model(x), atol=1e-5, rtol=1e-4)
+
+
 def test_compiled_inference_without_a_compiler_is_a_clear_error(monkeypatch):
     monkeypatch.setenv("PATH", "/nonexistent")
     monkeypatch.delenv("CXX", raising=False)

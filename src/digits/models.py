@@ -164,7 +164,15 @@ def for_inference(model: nn.Module, device: torch.device, compile: bool = False)
     model = fuse_for_inference(model).to(device)
     if device.type in ("cpu", "cuda") and any(isinstance(m, nn.Conv2d) for m in model.modules()):
         model = model.to(memory_format=torch.channels_last)
-    return torch.compile(model, dynamic=False, options={"freezing": True}) if compile else model
+    if not compile:
+        return model
+    # Inductor freezes only through its global setting: torch.compile(options={"freezing": True}) leaves the weights
+    # graph inputs (no prepacked oneDNN convolutions; torch 2.15). Freezing applies only to graphs compiled without
+    # autograd, so a training step compiled in the same process is unaffected.
+    from torch._inductor import config as inductor_config
+
+    inductor_config.freezing = True
+    return torch.compile(model, dynamic=False)
 
 
 def count_parameters(model: nn.Module) -> int:

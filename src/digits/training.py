@@ -140,8 +140,15 @@ def train_step(
 
 @torch.inference_mode()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 256) -> torch.Tensor:
+    """Logits of ``model`` in eval mode over ``x`` in batches of ``batch_size``. A last, partial batch after full ones
+    is taken as the last ``batch_size`` rows (overlapping the batch before), so every batch has one shape and a model
+    compiled for that shape is not compiled again."""
     model.eval()
-    return torch.cat([model(x[i : i + batch_size]) for i in range(0, len(x), batch_size)])
+    out = []
+    for i in range(0, len(x), batch_size):
+        start = min(i, max(len(x) - batch_size, 0))
+        out.append(model(x[start : start + batch_size])[i - start :])
+    return torch.cat(out)
 
 
 def inference_rate(model: nn.Module, x: torch.Tensor, batch_size: int = 256, repeats: int = 5) -> float:
