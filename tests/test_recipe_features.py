@@ -91,6 +91,26 @@ def test_for_inference_keeps_outputs_and_the_original(arch, compile):
         torch.testing.assert_close(training.predict_logits(fast, x, 8), model(x), atol=1e-5, rtol=1e-4)  # 2nd call
 
 
+@pytest.mark.parametrize("channels", [1, 8, 16])
+def test_cnn_batchnorm_trains_like_the_stock_one_and_keeps_channels_last(channels):
+    """models.BatchNorm2d (narrow layers on a channels-first copy on CPU) gives the stock layer's outputs, input
+    gradients and running statistics, up to float rounding, and hands back channels_last; a wide one is the stock."""
+    torch.manual_seed(0)
+    x = (torch.randn(64, channels, 14, 14) * 2 + 1).contiguous(memory_format=torch.channels_last).requires_grad_()
+    stock, ours = torch.nn.BatchNorm2d(channels), models.BatchNorm2d(channels)
+    ours.load_state_dict(stock.state_dict())
+    y_stock, y_ours = stock(x), ours(x)
+    g = torch.randn_like(y_stock)
+    (dx_stock,), (dx_ours,) = torch.autograd.grad(y_stock, x, g), torch.autograd.grad(y_ours, x, g)
+    assert y_ours.is_contiguous(memory_format=torch.channels_last)
+    for a, b in ((y_stock, y_ours), (dx_stock, dx_ours), (stock.running_mean, ours.running_mean),
+                 (stock.running_var, ours.running_var)):  # fmt: skip
+        torch.testing.assert_close(b, a, atol=1e-4, rtol=1e-4)
+    if channels > models.BatchNorm2d.NARROW:
+        assert torch.equal(y_stock, y_ours) and torch.equal(dx_stock, dx_ours)
+    assert any(isinstance(m, models.BatchNorm2d) for m in models.build("cnn", 0.1, 0.3, width=8, dropout=0).modules())
+
+
 def test_compiled_inference_freezes_weights_into_onednn_convolutions_and_compiles_once():
     """The compiled model runs oneDNN convolutions with prepacked weights and fused ReLU (Inductor's freezing), and a
     partial last batch is not compiled for anew."""
