@@ -198,6 +198,20 @@ def test_every_evaluate_figure_is_a_valid_png(tmp_path: Path):
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
 
 
+def test_digit_montage_places_each_image_in_its_cell_scaled_by_its_own_range():
+    a = np.full((4, 3), 10, np.uint8)
+    a[0, 0] = 30  # range 10..30
+    b = np.arange(12, dtype=float).reshape(4, 3)  # range 0..11
+    flat = np.full((4, 3), 7.0)  # no range: drawn as background
+    out = figures._montage([a, b, flat], cols=2, gap=1, top=2)
+    assert out.shape == (2 * (4 + 2), 2 * (3 + 1))
+    assert np.allclose(out[2:6, 0:3], (a - 10) / 20) and np.allclose(out[2:6, 4:7], b / 11)
+    assert np.all(out[8:12, 0:3] == 0)
+    cells = np.zeros(out.shape, bool)
+    cells[2:6, 0:3] = cells[2:6, 4:7] = cells[8:12, 0:3] = True
+    assert np.isnan(out[~cells]).all()  # gaps, title rows and the empty fourth cell
+
+
 # --------------------------------------------------------------------------- report rendering
 def test_markdown_and_html_render_the_same_document(tmp_path: Path):
     png = tmp_path / "figures" / "a_figure.png"

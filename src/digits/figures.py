@@ -39,14 +39,17 @@ def class_distribution(counts: dict[str, list[int]], path: str | Path) -> None:
 
 
 def sample_grid(images: np.ndarray, labels: np.ndarray, path: str | Path, per_class: int = 10) -> None:
-    """``per_class`` examples of each digit, one row per digit."""
-    fig, axes = plt.subplots(10, per_class, figsize=(per_class * 0.6, 10 * 0.6))
+    """``per_class`` examples of each digit, one row per digit (one image, as in ``_digit_grid``)."""
+    blank = np.zeros(images.shape[1:], images.dtype)
+    cells = []
     for digit in range(10):
-        members = np.flatnonzero(labels == digit)[:per_class]
-        for j, ax in enumerate(axes[digit]):
-            ax.axis("off")
-            if j < len(members):
-                ax.imshow(images[members[j]], cmap="gray_r")
+        members = list(images[np.flatnonzero(labels == digit)[:per_class]])
+        cells += members + [blank] * (per_class - len(members))
+    h, w = images.shape[1:]
+    fig = plt.figure(figsize=(per_class * 0.6, 10 * 0.6 + 0.4))
+    ax = fig.add_axes((0, 0, 1, 1 - 0.4 / fig.get_figheight()))
+    ax.imshow(_montage(cells, per_class, w // 7, h // 7), cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
     fig.suptitle("Training samples, one row per digit")
     save(fig, path)
 
@@ -91,23 +94,42 @@ def confusion_matrix(cm: np.ndarray, path: str | Path) -> None:
     save(fig, path)
 
 
+def _montage(images: list[np.ndarray], cols: int, gap: int, top: int) -> np.ndarray:
+    """Equal-sized images tiled in rows of ``cols``, each scaled to [0, 1] by its own range (as ``imshow`` scales
+    one image), ``gap`` blank pixels right of and ``top`` above each; NaN where no image is."""
+    h, w = images[0].shape
+    rows = -(-len(images) // cols)
+    out = np.full((rows * (h + top), cols * (w + gap)), np.nan)
+    for k, image in enumerate(images):
+        image = np.asarray(image, dtype=float)
+        span = image.max() - image.min()
+        r, c = divmod(k, cols)
+        out[r * (h + top) + top : (r + 1) * (h + top), c * (w + gap) : c * (w + gap) + w] = (
+            (image - image.min()) / span if span else np.zeros_like(image))  # fmt: skip
+    return out
+
+
 def _digit_grid(images: list[np.ndarray], titles: list[str], suptitle: str, none: str, path: str | Path, cols: int,
                 fontsize: int) -> None:  # fmt: skip
-    """Digits in a grid of ``cols`` columns, each under its title; ``none`` alone where there are none."""
+    """Digits in a grid of ``cols`` columns, each under its title; ``none`` alone where there are none. One image
+    of all the digits, not an axes each: 36 axes took seconds to lay out and save on 2 CPU cores."""
     if not images:
         fig = plt.figure(figsize=(6, 1.2))
         fig.text(0.5, 0.5, none, ha="center", va="center", fontsize=12)
         save(fig, path)
         return
-    rows = -(-len(images) // cols)
-    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.3, rows * 1.55 + 0.5), squeeze=False)
-    for ax in axes.flat:
-        ax.axis("off")
-    for ax, image, title in zip(axes.flat, images, titles, strict=False):
-        ax.imshow(image, cmap="gray_r")
-        ax.set_title(title, fontsize=fontsize)
+    h, w = images[0].shape
+    gap, top = w // 4, round(h * 0.6)  # room between the digits and for two lines of title above each
+    montage = _montage(images, cols, gap, top)
+    width = cols * 1.3  # inches; the height follows the montage, plus 0.6 for the title
+    fig = plt.figure(figsize=(width, width * montage.shape[0] / montage.shape[1] + 0.6))
+    ax = fig.add_axes((0, 0, 1, 1 - 0.6 / fig.get_figheight()))
+    ax.imshow(montage, cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
+    ax.axis("off")
+    for k, title in enumerate(titles):
+        r, c = divmod(k, cols)
+        ax.text(c * (w + gap) + w / 2, r * (h + top) + top - 1, title, ha="center", va="bottom", fontsize=fontsize)
     fig.suptitle(suptitle, fontsize=10)
-    fig.tight_layout()
     save(fig, path)
 
 
@@ -139,7 +161,8 @@ def prediction_samples(images: np.ndarray, labels: np.ndarray, probs: np.ndarray
     """Sampled test digits next to their predicted class probabilities (true class green, a wrong pick red)."""
     rows = -(-len(indices) // cols)
     fig, axes = plt.subplots(rows, 2 * cols, figsize=(5.2 * cols, 1.25 * rows + 0.4), squeeze=False,
-                             gridspec_kw={"width_ratios": [1, 2.6] * cols})  # fmt: skip
+                             gridspec_kw={"width_ratios": [1, 2.6] * cols, "hspace": 0.6, "wspace": 0.15,
+                                          "top": 1 - 0.55 / (1.25 * rows + 0.4)})  # fmt: skip
     for ax in axes.flat:
         ax.axis("off")
     for k, i in enumerate(indices):
@@ -154,7 +177,6 @@ def prediction_samples(images: np.ndarray, labels: np.ndarray, probs: np.ndarray
         ax_bar.set_title(f"#{i}: true {labels[i]}, predicted {pred} ({probs[i, pred]:.3f})", fontsize=8)
     fig.suptitle("Sample of test predictions: class probabilities (true class green, wrong prediction red)",
                  fontsize=10)  # fmt: skip
-    fig.tight_layout()
     save(fig, path)
 
 
