@@ -227,7 +227,7 @@ def sections(
             f"{train['train_seconds']:.1f} s, {train['epochs_run']} epochs "
             f"({train['train_images_per_second']:,} images/s)",
         ],
-        ["inference", f"{ev['inference_images_per_second']:,} images/s (median of 5 passes over the test set)"],
+        ["inference", f"{ev['inference_images_per_second']:,} images/s (median over the robustness passes)"],
         ["robustness evaluation", f"{ev['robustness_seconds']:.1f} s for {len(ev['robustness'])} perturbations and "
                                   f"{len(ev['corruption'])} corruptions"],  # fmt: skip
     ]
