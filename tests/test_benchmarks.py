@@ -186,6 +186,21 @@ def test_train_speed_benchmark_prints_each_variant_per_instruction_set(tmp_path:
     assert bad.returncode != 0 and "unknown variant(s) fastest" in bad.stderr
 
 
+def test_inference_modes_benchmark_times_each_way_and_checks_its_logits(tmp_path: Path) -> None:
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    out = script("inference_modes.py", "--rounds=1", "--images=300", "--passes=1", "--stage-images=1000", cwd=tmp_path)
+    *table, line = out.stdout.strip().splitlines()
+    r = json.loads(line)
+    assert r["machine"].startswith("CPU ") and table[0].startswith(r["machine"]) and r["rounds"] == 1
+    assert set(r["modes"]) == {"eager", "frozen", "plain"}
+    for mode, m in r["modes"].items():
+        assert f"| {mode} | " in "\n".join(table)
+        assert m["first_seconds"] > 0 and m["images_per_second"] > 0 and m["max_abs_logit_diff"] < 1e-3
+        assert m["stage_seconds"] == pytest.approx(m["first_seconds"] + 1000 / m["images_per_second"], abs=0.06)
+    bad = script("inference_modes.py", "--passes=0", cwd=tmp_path, check=False)
+    assert bad.returncode != 0 and "must be at least 1" in bad.stderr
+
+
 def test_app_load_benchmark_reports_throughput_latency_and_memory(tmp_path: Path) -> None:
     """A few seconds of load from 3 clients on a random-weight model: every request answered, figures printed."""
     p = params.load(REPO / "params.yaml").train
