@@ -8,10 +8,10 @@
 
 Each process builds the default model of params.yaml with random weights (the speed does not depend on them), makes
 one pass over ``--images`` random digits in batches of evaluate.batch_size (compilation included: "first pass";
-its logits are checked against the unchanged model's), then ``--passes`` more, timed one by one. Prints per way the
-first pass in seconds and images/s (median, min–max over rounds of each process's median), and the seconds a stage
-that infers ``--stage-images`` would spend on compilation plus inference. The machine class is printed with the
-figures; compare figures of one class only.
+its logits are checked against the unchanged model's), then ``training.inference_rate``: one more pass, then
+``--passes`` timed one by one. Prints per way the first pass in seconds and images/s (median, min–max over rounds of
+each process's median), and the seconds a stage that infers ``--stage-images`` would spend on compilation plus
+inference. The machine class is printed with the figures; compare figures of one class only.
 
     python benchmarks/inference_modes.py --rounds 5
 """
@@ -34,7 +34,7 @@ MODES = ("eager", "frozen", "plain")
 
 
 def measure(mode: str, images: int, passes: int) -> dict:
-    """First pass (compilation included) and the median images/s of ``passes`` more, in this process."""
+    """First pass (compilation included) and the median images/s of ``passes`` timed ones, in this process."""
     torch.set_grad_enabled(False)
     p = params.load()
     cpu = torch.device("cpu")
@@ -48,12 +48,8 @@ def measure(mode: str, images: int, passes: int) -> dict:
     logits = training.predict_logits(fast, x, p.evaluate.batch_size)
     first = time.perf_counter() - start
     drift = (logits - training.predict_logits(model, x, p.evaluate.batch_size)).abs().max().item()
-    rates = []
-    for _ in range(passes):
-        start = time.perf_counter()
-        training.predict_logits(fast, x, p.evaluate.batch_size)
-        rates.append(images / (time.perf_counter() - start))
-    return {"first_seconds": first, "images_per_second": statistics.median(rates), "max_abs_logit_diff": drift,
+    rate = training.inference_rate(fast, x, p.evaluate.batch_size, repeats=passes)
+    return {"first_seconds": first, "images_per_second": rate, "max_abs_logit_diff": drift,
             "machine": device.machine_class(cpu)}  # fmt: skip
 
 
