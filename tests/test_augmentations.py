@@ -229,6 +229,29 @@ def test_robust_share_leaves_the_other_images_as_they_were():
     assert not untouched[chosen].any()
 
 
+def test_robust_ops_gives_each_image_that_many_of_the_transforms():
+    x = digits(200)
+    both = {**dict.fromkeys(TYPICAL, 0.0), "outline": 1.0, "scribble": 1.0}  # outline erases the ink, scribble keeps it
+    one = augmentations.apply(x, both, gen(), ops=1)
+    assert torch.equal(one, augmentations.apply(x, both, gen(), ops=1))  # seeded
+    kept = (one >= x).flatten(1).all(1)  # scribble only: ink is only added
+    erased = (one * (x > 0.9)).flatten(1).amax(1) < 0.2  # outline only (a scribble would cross the old ink)
+    assert not (kept & erased).any() and (kept | erased).float().mean() > 0.9  # one or the other, never both
+    assert 0.35 < kept.float().mean() < 0.65
+    # as many ops as transforms switched on, or 0: every transform on every image, as before ops existed
+    assert torch.equal(augmentations.apply(x, both, gen(), ops=2), augmentations.apply(x, both, gen()))
+    assert torch.equal(augmentations.apply(x, TYPICAL, gen(), ops=9), augmentations.apply(x, TYPICAL, gen(), ops=0))
+    # with a share, only the chosen images change, each by its own picks
+    mixed = augmentations.apply(x, TYPICAL, gen(), share=0.5, ops=2)
+    assert 0.35 < (mixed == x).flatten(1).all(1).float().mean() < 0.65
+    default = params.zoo_model("digits_cnn", REPO / "params.yaml")
+    assert default.augment.robust_ops == 0
+    assert params.override(default, ["augment.robust_ops=2"]).augment.robust_ops == 2
+    for bad in ("-1", "10", "1.5"):
+        with pytest.raises(ParamsError, match=rf"'train\.augment\.robust_ops' = {bad}"):
+            params.override(default, [f"augment.robust_ops={bad}"])
+
+
 @pytest.mark.parametrize(("name", "strength"), [("outline", 1.0), ("scribble", 1.0), ("shading", 4.0)])
 def test_what_the_stroke_and_light_transforms_do(name: str, strength: float):
     x = digits(64)

@@ -169,7 +169,7 @@ def test_unknown_nested_key(tmp_path: Path, base: dict[str, Any]) -> None:
     allowed = {k.strip() for k in line.split("Allowed keys here:")[1].split(",")}
     assert allowed == {"rotation_deg", "zoom", "shift", "elastic_px", "elastic_scale", "interpolation",
                        "off_last_epochs", "thickness", "outline", "lowres", "blur", "erasing", "scribble",
-                       "shading", "contrast", "noise", "robust_share"}  # fmt: skip
+                       "shading", "contrast", "noise", "robust_share", "robust_ops"}  # fmt: skip
 
 
 def test_missing_section(tmp_path: Path, base: dict[str, Any]) -> None:

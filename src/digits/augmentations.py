@@ -200,15 +200,23 @@ TRANSFORMS = {"thickness": thickness, "outline": outline, "lowres": lowres, "blu
 sensor."""
 
 
-def apply(x: torch.Tensor, strengths: Mapping[str, float], generator: torch.Generator, share: float = 1.0
-          ) -> torch.Tensor:  # fmt: skip
-    """Every transform of ``TRANSFORMS`` at ``strengths[name]``, in order, for a random ``share`` of the samples (the
-    others are returned unchanged; only the chosen ones are computed); all strengths 0: ``x`` itself, no random
-    numbers drawn."""
-    if not any(strengths[name] for name in TRANSFORMS):
+def apply(x: torch.Tensor, strengths: Mapping[str, float], generator: torch.Generator, share: float = 1.0,
+          ops: int = 0) -> torch.Tensor:  # fmt: skip
+    """The transforms of ``TRANSFORMS`` switched on in ``strengths`` (by name), in order, for a random ``share`` of the
+    samples (the others are returned unchanged; only the chosen ones are computed). ``ops`` > 0: each chosen sample
+    gets only that many of them, picked at random (RandAugment's way: a few changes per image, each seen on its own,
+    instead of all of them stacked); 0: all. All strengths 0: ``x`` itself, no random numbers drawn."""
+    active = [name for name in TRANSFORMS if strengths[name]]
+    if not active:
         return x
     chosen = None if share >= 1 else (_rand(x, len(x), generator=generator) < share).nonzero().squeeze(1)
     out = x if chosen is None else x[chosen]
-    for name, transform in TRANSFORMS.items():
-        out = transform(out, strengths[name], generator)
+    if 0 < ops < len(active):  # a random ranking of the transforms per sample; the first ``ops`` apply
+        picked = _rand(out, len(out), len(active), generator=generator).argsort(1) < ops
+        for column, name in enumerate(active):
+            rows = picked[:, column].nonzero().squeeze(1)
+            out = out.index_copy(0, rows, TRANSFORMS[name](out[rows], strengths[name], generator))
+    else:
+        for name in active:
+            out = TRANSFORMS[name](out, strengths[name], generator)
     return out if chosen is None else x.index_copy(0, chosen, out)

@@ -53,6 +53,7 @@ class AugmentParams(Section):
     contrast: Annotated[float, Field(ge=0, le=1)] = 0.0  # gain e^(±contrast), background lift ≤ 0.1·contrast
     noise: Annotated[float, Field(ge=0, le=1)] = 0.0  # Gaussian noise σ, at most
     robust_share: Annotated[float, Field(ge=0, le=1)] = 1.0  # share of the images that get the nine above
+    robust_ops: Annotated[int, Field(ge=0, le=9)] = 0  # how many of the nine each of those images gets (0: all)
 
 
 def _ordered(span: tuple[float, float]) -> tuple[float, float]:

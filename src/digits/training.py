@@ -111,7 +111,7 @@ def augment_batch(xb: torch.Tensor, p: TrainParams, epoch: int, generator: torch
     a = p.augment
     xb = data.augment(xb, a.rotation_deg, a.zoom, a.shift, generator, a.elastic_px, a.elastic_scale,
                       a.interpolation)  # fmt: skip
-    return augmentations.apply(xb, a.model_dump(), generator, a.robust_share)
+    return augmentations.apply(xb, a.model_dump(), generator, a.robust_share, a.robust_ops)
 
 
 def mixed_precision(p: TrainParams, device: torch.device, cache: bool = True) -> torch.autocast:
