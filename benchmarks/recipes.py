@@ -13,6 +13,7 @@ recorded for the record. Runs saved with ``--models`` but not yet scored are sco
 
     python benchmarks/recipes.py --recipe default --recipe clean3 augment.off_last_epochs=3 --seeds 42,1,2
     python benchmarks/recipes.py ... --jobs 8 --set amp=false --no-tf32   # many runs at once on one GPU
+    python benchmarks/recipes.py ... --also docs/recipe-runs/robustness-round3.jsonl   # an earlier round's runs first
 
 A recipe is a name and train-param overrides on top of `--model` (a train.zoo model) and `--set` (every recipe).
 """
@@ -205,6 +206,9 @@ def main() -> None:
     ap.add_argument("--robustness", action="store_true", help="score robustness too (needs data/fonts)")
     ap.add_argument("--fonts", default="data/fonts", help="the render stage's outputs")
     ap.add_argument("--robustness-csv", help="write each recipe's robustness means here (docs/robustness.csv)")
+    ap.add_argument("--also", action="append", default=[], metavar="JSONL",
+                    help="runs an earlier comparison recorded (its --out): summarised, and written to "
+                         "--robustness-csv, ahead of this comparison's recipes")
     args = ap.parse_args()  # fmt: skip
 
     base = params.override(params.zoo_model(args.model), args.set)
@@ -216,6 +220,9 @@ def main() -> None:
         if r["recipe"] in recipes and r["params"] != recipes[r["recipe"]].model_copy(
             update={"seed": r["seed"]}).model_dump(mode="json"):  # fmt: skip
             sys.exit(f"{out}: recipe {r['recipe']!r} was run with other params; use another --out or name")
+    earlier = [json.loads(line) for path in args.also for line in Path(path).read_text().splitlines()]
+    if clash := sorted({r["recipe"] for r in earlier} & set(recipes)):
+        sys.exit(f"--also: {', '.join(map(repr, clash))} recorded there too; give this comparison's recipes new names")
     have = {(r["recipe"], r["seed"]) for r in done}
     todo = [(n, s) for s in seeds for n in recipes if (n, s) not in have]  # seed-major: recipes keep pace
     threads = max(1, device.available_cpus() // args.jobs)
@@ -256,8 +263,9 @@ def main() -> None:
                 done[i] = rescore(done[i], args.models)
             files.write_text(out, "".join(json.dumps(r) + "\n" for r in done))
             print(f"scored {len(stale)} saved runs for robustness", flush=True)
-    print(summary(done, list(recipes)))
-    if means := robustness_means(done, list(recipes)):
+    names = list(dict.fromkeys(r["recipe"] for r in earlier)) + list(recipes)
+    print(summary(earlier + done, names))
+    if means := robustness_means(earlier + done, names):
         print(robustness_summary(means))
         if args.robustness_csv:
             files.write_csv(args.robustness_csv, means)

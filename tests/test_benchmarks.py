@@ -55,8 +55,14 @@ def test_recipe_comparison_records_each_run_resumes_and_refuses_changed_recipes(
     assert all(0 <= r["val_accuracy"] <= 1 and r["best_epoch"] >= 1 for r in rows)
     assert "| a | 2 |" in first.stdout and "| b | 2 |" in first.stdout
 
-    again = script("recipes.py", *args, cwd=processed)
+    earlier = processed / "earlier.jsonl"  # another comparison's run, summarised first with --also
+    earlier.write_text(json.dumps(rows[0] | {"recipe": "earlier"}) + "\n")
+    again = script("recipes.py", *args, f"--also={earlier}", cwd=processed)
     assert "0 runs to do (4 already in" in again.stdout and len(out.read_text().splitlines()) == 4
+    table = again.stdout[again.stdout.index("| recipe |"):]
+    assert table.index("| earlier | 1 |") < table.index("| a | 2 |") < table.index("| b | 2 |")
+    clash = script("recipes.py", *args, f"--also={out}", cwd=processed, check=False)
+    assert clash.returncode != 0 and "--also: 'a', 'b' recorded there too" in clash.stderr
 
     changed = script("recipes.py", *TINY, "--seeds=1", f"--out={out}", "--recipe", "a", "lr=0.02", cwd=processed,
                      check=False)  # fmt: skip
