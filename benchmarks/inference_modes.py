@@ -21,12 +21,11 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
-import subprocess
 import sys
 import time
 
 import torch
-from train_speed import spread
+from train_speed import last_json_line, spread
 
 from digits import device, models, params, training
 
@@ -54,11 +53,7 @@ def measure(mode: str, images: int, passes: int) -> dict:
 
 
 def child(mode: str, images: int, passes: int) -> dict:
-    out = subprocess.run([sys.executable, __file__, "--child", mode, f"--images={images}", f"--passes={passes}"],
-                         capture_output=True, text=True)  # fmt: skip
-    if out.returncode != 0:
-        sys.exit(f"{mode} failed:\n{out.stderr[-3000:]}")
-    return json.loads(out.stdout.splitlines()[-1])
+    return last_json_line([sys.executable, __file__, "--child", mode, f"--images={images}", f"--passes={passes}"], mode)
 
 
 def main() -> None:

@@ -88,9 +88,15 @@ def child(variant: str, isa: str, images: int) -> dict:
         cmd = ["bash", str(TCMALLOC_SH), *cmd]
     if isa == "avx2":
         cmd = ["bash", "-c", f'set -a; source "{REPO}/scripts/avx2.env"; set +a; exec "$@"', "-", *cmd]
+    return last_json_line(cmd, f"{variant} ({isa})", env)
+
+
+def last_json_line(cmd: list[str], what: str, env: dict[str, str] | None = None) -> dict:
+    """Run ``cmd`` (a benchmark's child process) and parse its last line of output as JSON; if it fails, exit naming
+    ``what``, with the end of its stderr."""
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
-        sys.exit(f"{variant} ({isa}) failed:\n{out.stderr[-3000:]}")
+        sys.exit(f"{what} failed:\n{out.stderr[-3000:]}")
     return json.loads(out.stdout.splitlines()[-1])
 
 
