@@ -175,15 +175,18 @@ def test_augment_batch_applies_them_seeded_per_sample_and_keeps_off_last_epochs(
     assert not torch.equal(again[5], out[5]) and torch.equal(again[:5], out[:5]) and torch.equal(again[6:], out[6:])
 
 
-def test_the_default_recipe_keeps_every_new_augmentation_off():
+def test_only_the_default_recipe_uses_the_new_augmentations():
     for name in yaml.safe_load((REPO / "params.yaml").read_text())["train"]["zoo"]:
         a = params.zoo_model(name, REPO / "params.yaml").augment
-        if name == "digits_cnn_robust":  # the one recipe made for robustness: every new augmentation on
-            assert all(getattr(a, k) > 0 for k in NEW) and 0 < a.robust_share < 1
+        if name == "digits_cnn":  # the recipe made for robustness: every new augmentation on, on a share
+            assert all(getattr(a, k) > 0 for k in NEW) and 0 < a.robust_share < 1 and a.robust_ops == 2, name
         else:
             assert {k: getattr(a, k) for k in NEW} == dict.fromkeys(NEW, 0), name
     default = params.load(REPO / "params.yaml").train.augment
-    assert default == AugmentParams(rotation_deg=10, zoom=0.1, shift=0.1, elastic_px=0, elastic_scale=7)
+    assert default == params.zoo_model("digits_cnn", REPO / "params.yaml").augment and default.elastic_px == 0
+    clean = params.zoo_model("digits_cnn_clean", REPO / "params.yaml").augment  # the same geometric augmentation
+    assert default.model_copy(update=dict.fromkeys(NEW, 0) | {"robust_share": 1, "robust_ops": 0}) == clean
+    assert clean == AugmentParams(rotation_deg=10, zoom=0.1, shift=0.1, elastic_px=0, elastic_scale=7)
 
 
 @pytest.mark.parametrize("name", NEW)
@@ -244,12 +247,12 @@ def test_robust_ops_gives_each_image_that_many_of_the_transforms():
     # with a share, only the chosen images change, each by its own picks
     mixed = augmentations.apply(x, TYPICAL, gen(), share=0.5, ops=2)
     assert 0.35 < (mixed == x).flatten(1).all(1).float().mean() < 0.65
-    default = params.zoo_model("digits_cnn", REPO / "params.yaml")
-    assert default.augment.robust_ops == 0
-    assert params.override(default, ["augment.robust_ops=2"]).augment.robust_ops == 2
+    clean = params.zoo_model("digits_cnn_clean", REPO / "params.yaml")
+    assert clean.augment.robust_ops == 0
+    assert params.override(clean, ["augment.robust_ops=2"]).augment.robust_ops == 2
     for bad in ("-1", "10", "1.5"):
         with pytest.raises(ParamsError, match=rf"'train\.augment\.robust_ops' = {bad}"):
-            params.override(default, [f"augment.robust_ops={bad}"])
+            params.override(clean, [f"augment.robust_ops={bad}"])
 
 
 @pytest.mark.parametrize(("name", "strength"), [("outline", 1.0), ("scribble", 1.0), ("shading", 4.0)])

@@ -56,10 +56,12 @@ def test_repository_params_validate() -> None:
     p = params.load(REPO_PARAMS)
     assert isinstance(p, params.Params)
     raw = yaml.safe_load(REPO_PARAMS.read_text())
-    recipe = raw["train"]["zoo"][raw["train"]["model"]]
-    assert p.train.model == raw["train"]["model"] == next(iter(raw["train"]["zoo"]))  # the default: the first recipe
-    assert raw["train"]["lr"] is None and p.train.lr == pytest.approx(recipe["lr"])
-    assert p.train.augment.rotation_deg == pytest.approx(recipe["augment"]["rotation_deg"])
+    zoo = raw["train"]["zoo"]
+    first, recipe = next(iter(zoo.values())), zoo[raw["train"]["model"]]  # the default: what it changes of the first
+    assert p.train.model == raw["train"]["model"] == "digits_cnn" and "lr" not in recipe
+    assert raw["train"]["lr"] is None and p.train.lr == pytest.approx(first["lr"])
+    assert p.train.augment.rotation_deg == pytest.approx(first["augment"]["rotation_deg"])
+    assert p.train.augment.noise == pytest.approx(recipe["augment"]["noise"]) and first["augment"]["noise"] == 0
     assert p.preprocess.val_fraction == pytest.approx(raw["preprocess"]["val_fraction"])
     assert p.download.mirrors == raw["download"]["mirrors"]
 
@@ -178,7 +180,7 @@ def test_missing_section(tmp_path: Path, base: dict[str, Any]) -> None:
 
 
 def test_missing_required_key(tmp_path: Path, base: dict[str, Any]) -> None:
-    msg = load_error(write_variant(tmp_path, base, lambda raw: raw["train"]["zoo"]["digits_cnn"].pop("lr")))
+    msg = load_error(write_variant(tmp_path, base, lambda raw: raw["train"]["zoo"]["digits_cnn_clean"].pop("lr")))
     assert "missing key 'train.lr'" in msg
     assert msg.count("\n  - ") == 1
 
@@ -186,8 +188,12 @@ def test_missing_required_key(tmp_path: Path, base: dict[str, Any]) -> None:
 def test_optional_key_may_be_omitted(tmp_path: Path, base: dict[str, Any]) -> None:
     recipe = params.load(write_variant(tmp_path, base, lambda raw: raw["train"].pop("augment"))).train
     assert recipe.augment == params.load(REPO_PARAMS).train.augment  # left out of the train section: the recipe's
-    p = params.load(write_variant(tmp_path, base, lambda raw: raw["train"]["zoo"]["digits_cnn"].pop("augment")))
-    assert p.train.augment == params.AugmentParams()  # left out of the recipe too: the schema's default
+    def drop_augment(raw: dict[str, Any]) -> None:
+        for name in ("digits_cnn_clean", "digits_cnn"):  # the first recipe, and what the default changes of it
+            raw["train"]["zoo"][name].pop("augment")
+
+    p = params.load(write_variant(tmp_path, base, drop_augment))
+    assert p.train.augment == params.AugmentParams()  # left out of the recipes too: the schema's default
 
 
 def test_several_problems_reported_together(tmp_path: Path, base: dict[str, Any]) -> None:

@@ -197,10 +197,10 @@ def test_every_zoo_model_in_params_yaml_validates(name):
         )
 
 
-def test_the_gpu_top_recipe_is_the_default_cnn_wider_deeper_and_longer():
+def test_the_gpu_top_recipe_is_the_clean_cnn_wider_deeper_and_longer():
     """`digits_cnn_gpu_top` (docs/benchmarks.md, "GPU: ready to run") changes only what its comment says."""
     top = params.zoo_model("digits_cnn_gpu_top", REPO / "params.yaml").model_dump()
-    base = params.zoo_model("digits_cnn", REPO / "params.yaml").model_dump()
+    base = params.zoo_model("digits_cnn_clean", REPO / "params.yaml").model_dump()
     assert {k: v for k, v in top.items() if v != base[k]} == {
         "model": "digits_cnn_gpu_top", "width": 32, "depth": 2, "head": 256, "dropout": 0.3, "epochs": 30,
         "batch_size": 256, "lr": 0.01, "deterministic": False}  # fmt: skip
@@ -224,7 +224,7 @@ def test_every_zoo_model_builds_and_trains_one_epoch_on_tiny_data(name):
 
 def test_zoo_entry_overrides_only_what_it_names():
     raw = repo_params()
-    full = raw["train"]["zoo"]["digits_cnn"]
+    full = next(iter(raw["train"]["zoo"].values()))
     raw["train"]["zoo"] = {"full": full, "tiny": {"epochs": 1, "augment": {"zoom": 0.0}}, "plain": None}
     raw["train"]["model"] = "tiny"
     p = params.validate(raw).train

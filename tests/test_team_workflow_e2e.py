@@ -150,9 +150,10 @@ def test_grid_sweep_queues_one_experiment_per_value_and_runs_two_at_a_time(basel
     check_new_runs(baseline, before, {"0.001", "0.003", "0.01"})
 
 
-# One zoo model of each kind: the complete first recipe (CNN, AdamW, OneCycle, EMA), an MLP with Xavier init, Adam and
-# a step schedule, a BatchNorm MLP, and a CNN with a plateau schedule and early stopping. That a set train key
-# overrides *every* zoo recipe is checked in-process, per model, by test_params.py; here the whole chain runs.
+# One zoo model of each kind: the default (CNN, AdamW, OneCycle, EMA, the robustness augmentations), an MLP with
+# Xavier init, Adam and a step schedule, a BatchNorm MLP, and a CNN with a plateau schedule and early stopping. That a
+# set train key overrides *every* zoo recipe is checked in-process, per model, by test_params.py; here the whole chain
+# runs.
 ZOO_KINDS = ("digits_cnn", "mlp_512_256_128", "mlp_bn_1024_512_256_128", "cnn_32_64_keras")
 
 
