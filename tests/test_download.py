@@ -430,7 +430,7 @@ def test_stage_script_all_sources_failing_exits_2(tmp_path, tiny_idx, idx_http_s
     mirrors = [idx_http_server.url("good"), idx_http_server.url("404"), dead]
     params["download"] = {"local_dir": None, "mirrors": mirrors, "registry_mirror": False, "timeout_s": 2}
     params_file = tmp_path / "params.yaml"
-    params_file.write_text(yaml.safe_dump(params))
+    params_file.write_text(yaml.safe_dump(params, sort_keys=False))
     out_dir = tmp_path / "raw"
     proc = subprocess.run(
         [sys.executable, "src/download.py", str(out_dir), "--params", str(params_file)],
@@ -523,7 +523,7 @@ def test_stage_with_verified_data_needs_no_network(tmp_path, idx_http_server, mn
     params = yaml.safe_load((REPO_ROOT / "params.yaml").read_text())
     params["download"] = {"local_dir": None, "registry_mirror": False, "timeout_s": 5,
                           "mirrors": [idx_http_server.url("hang"), f"http://127.0.0.1:{closed_port()}/"]}
-    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params))
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     proc = subprocess.run([sys.executable, "src/download.py", str(out_dir), "--params", str(tmp_path / "params.yaml")],
                           cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr

@@ -32,7 +32,7 @@ def write_params(path: Path, **sections) -> Path:
                 params[section].pop(key, None)
             else:
                 params[section][key] = value
-    path.write_text(yaml.safe_dump(params))
+    path.write_text(yaml.safe_dump(params, sort_keys=False))
     return path
 
 
