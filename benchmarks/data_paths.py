@@ -12,7 +12,7 @@ Inference images/s after the last epoch: (a) the evaluate stage's compiled model
 as it is over a test DataLoader with per-sample ToTensor; each the median of 5 passes.
 Each path runs in its own process so peak RSS is its own.
 
-    python benchmarks/data_paths.py --model digits_cnn --set epochs=12   # needs data/raw (dvc repro download)
+    python benchmarks/data_paths.py --model digits_cnn_clean --set epochs=12   # needs data/raw (dvc repro download)
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from pathlib import Path
 
 import torch
 
-from digits import data, device, models, params, training
+from digits import augmentations, data, device, models, params, training
 
 RAW = Path("data/raw")
 
@@ -180,7 +180,9 @@ def worker(path: str, p: params.TrainParams, infer_batch: int) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="digits_cnn", help="model of train.zoo to benchmark (default: digits_cnn)")
+    ap.add_argument("--model", default="digits_cnn_clean",
+                    help="model of train.zoo to benchmark (default: digits_cnn_clean; the naive path has only its "
+                         "rotation/zoom/shift, not the default's robustness augmentations)")
     ap.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a train param of the recipe, e.g. --set epochs=12 --set width=8")
     ap.add_argument("--paths", default="ours,naive")
@@ -188,6 +190,10 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     p = params.override(params.zoo_model(args.model), args.set)
+    unmatched = [k for k in ("elastic_px", *augmentations.TRANSFORMS) if getattr(p.augment, k)]
+    if unmatched and "naive" in args.paths.split(","):
+        sys.exit(f"{args.model}: the naive path has no {', '.join(unmatched)} augmentation, so the two paths would "
+                 "train different recipes; choose a model without them (e.g. digits_cnn_clean) or --paths ours")
     if args.worker:
         print(json.dumps(worker(args.worker, p, args.infer_batch)))
         return

@@ -1,5 +1,5 @@
 """The per-sample training augmentations (digits.augmentations) as train.augment params: each is the identity at 0,
-seeded, in range and in frame; the default recipe keeps every one off and trains exactly as before."""
+seeded, in range and in frame; only the default recipe uses them, each image of its robust share two of them."""
 
 from __future__ import annotations
 
@@ -191,13 +191,14 @@ def test_only_the_default_recipe_uses_the_new_augmentations():
 
 @pytest.mark.parametrize("name", NEW)
 def test_each_key_is_validated_and_overridable(name: str, tmp_path: Path):
-    default = params.zoo_model("digits_cnn", REPO / "params.yaml")
+    default = params.zoo_model("digits_cnn_clean", REPO / "params.yaml")  # every one off: an override shows
     q = params.override(default, [f"augment.{name}={TYPICAL[name]}"])
     assert getattr(q.augment, name) == TYPICAL[name] and q.augment.rotation_deg == default.augment.rotation_deg
     for bad in (-0.1, MAXIMUM[name] + 0.01):
         with pytest.raises(ParamsError, match=rf"'train\.augment\.{name}' = {bad}"):
             params.override(default, [f"augment.{name}={bad}"])
     raw = yaml.safe_load((REPO / "params.yaml").read_text())  # what `dvc exp run -S train.augment.NAME=…` writes
+    raw["train"]["model"] = "digits_cnn_clean"
     raw["train"]["augment"][name] = TYPICAL[name]
     assert getattr(params.validate(copy.deepcopy(raw)).train.augment, name) == TYPICAL[name]
     raw["train"]["augment"][name] = -1

@@ -132,6 +132,10 @@ def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:
     for metric in ("final_accuracy", "seconds_to_99.5", "train_images_per_second", "inference_images_per_second"):
         assert f"| {metric} |" in table
     assert "ours test accuracy per epoch: [" in table and "naive test accuracy per epoch: [" in table
+    # the default's robustness augmentations have no counterpart on the naive path: refused, not compared unlike
+    refused = script("data_paths.py", "--model=digits_cnn", *TINY, cwd=tmp_path, check=False)
+    assert refused.returncode == 1
+    assert "digits_cnn: the naive path has no thickness, outline" in refused.stderr and "--paths ours" in refused.stderr
 
 
 def test_peer_benchmark_races_the_pytorch_example_recipe_to_the_target(tmp_path: Path) -> None:
