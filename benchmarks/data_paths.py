@@ -190,13 +190,13 @@ def main() -> None:
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     p = params.override(params.zoo_model(args.model), args.set)
-    unmatched = [k for k in ("elastic_px", *augmentations.TRANSFORMS) if getattr(p.augment, k)]
-    if unmatched and "naive" in args.paths.split(","):
-        sys.exit(f"{args.model}: the naive path has no {', '.join(unmatched)} augmentation, so the two paths would "
-                 "train different recipes; choose a model without them (e.g. digits_cnn_clean) or --paths ours")
     if args.worker:
         print(json.dumps(worker(args.worker, p, args.infer_batch)))
         return
+    unmatched = [k for k in ("elastic_px", *augmentations.TRANSFORMS) if getattr(p.augment, k)]
+    if unmatched and "naive" in args.paths.split(","):  # checked here, not in the workers (they get no --paths)
+        sys.exit(f"{args.model}: the naive path has no {', '.join(unmatched)} augmentation, so the two paths would "
+                 "train different recipes; choose a model without them (e.g. digits_cnn_clean) or --paths ours")
     results = []
     for path in args.paths.split(","):
         cmd = [sys.executable, __file__, "--worker", path, "--model", args.model, f"--infer-batch={args.infer_batch}"]

@@ -136,6 +136,8 @@ def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:
     refused = script("data_paths.py", "--model=digits_cnn", *TINY, cwd=tmp_path, check=False)
     assert refused.returncode == 1
     assert "digits_cnn: the naive path has no thickness, outline" in refused.stderr and "--paths ours" in refused.stderr
+    ours = script("data_paths.py", "--model=digits_cnn", "--paths=ours", *TINY, cwd=tmp_path).stdout  # ours alone: runs
+    assert "| metric | ours |" in ours and "naive" not in ours.split("| metric |")[1]
 
 
 def test_peer_benchmark_races_the_pytorch_example_recipe_to_the_target(tmp_path: Path) -> None:
