@@ -204,10 +204,14 @@ def test_inference_modes_benchmark_times_each_way_and_checks_its_logits(tmp_path
     *table, line = out.stdout.strip().splitlines()
     r = json.loads(line)
     assert r["machine"].startswith("CPU ") and table[0].startswith(r["machine"]) and r["rounds"] == 1
-    assert set(r["modes"]) == {"eager", "frozen", "plain"}
+    assert set(r["modes"]) == {"eager", "frozen", "plain", "int8"}
     for mode, m in r["modes"].items():
         assert f"| {mode} | " in "\n".join(table)
-        assert m["first_seconds"] > 0 and m["images_per_second"] > 0 and m["max_abs_logit_diff"] < 1e-3
+        assert m["first_seconds"] > 0 and m["images_per_second"] > 0
+        if mode == "int8":  # quantization error: small against the logits, but not float rounding
+            assert 1e-4 < m["max_rel_logit_diff"] < 0.3
+        else:
+            assert m["max_abs_logit_diff"] < 1e-3
         assert m["stage_seconds"] == pytest.approx(m["first_seconds"] + 1000 / m["images_per_second"], abs=0.06)
     bad = script("inference_modes.py", "--passes=0", cwd=tmp_path, check=False)
     assert bad.returncode != 0 and "must be at least 1" in bad.stderr
