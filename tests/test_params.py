@@ -185,6 +185,22 @@ def test_missing_required_key(tmp_path: Path, base: dict[str, Any]) -> None:
     assert msg.count("\n  - ") == 1
 
 
+def test_a_complete_recipe_moved_from_the_top_of_the_zoo_is_named(tmp_path: Path, base: dict[str, Any]) -> None:
+    """params.yaml written with sorted keys puts another zoo entry first: the fix named, then the keys missing."""
+    path = tmp_path / "params.yaml"
+    path.write_text(yaml.safe_dump(base))  # sorted keys
+    first = sorted(base["train"]["zoo"])[0]
+    required = ("arch", "epochs", "batch_size", "optimizer", "lr", "seed")  # the schema's, in its order
+    lacking = [k for k in required if k not in base["train"]["zoo"][first]]
+    assert lacking, "the sorted zoo's first entry sets every key: the test needs another mutation"
+    assert load_error(path).splitlines()[1:] == [
+        f"  - 'train.zoo.{first}' comes first, so it is the recipe the other entries change, but it lacks "
+        f"{', '.join(lacking)}; 'digits_cnn_clean' sets every key: move it to the top of train.zoo (writing "
+        f"params.yaml with sorted keys moves entries)",
+        *[f"  - missing key 'train.{k}'" for k in lacking],
+    ]
+
+
 def test_optional_key_may_be_omitted(tmp_path: Path, base: dict[str, Any]) -> None:
     recipe = params.load(write_variant(tmp_path, base, lambda raw: raw["train"].pop("augment"))).train
     assert recipe.augment == params.load(REPO_PARAMS).train.augment  # left out of the train section: the recipe's

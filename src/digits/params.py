@@ -259,6 +259,20 @@ def in_use(p: TrainParams) -> dict[str, Any]:
     return {k: v for k, v in values.items() if k not in unused}
 
 
+def _complete_recipe_not_first(zoo: dict[str, Any], explicit: dict[str, Any]) -> str | None:
+    """A problem when the first zoo entry lacks required keys that a later entry sets in full: the complete recipe was
+    moved from the top (as by a tool that writes YAML with sorted keys). None otherwise."""
+    required = [k for k, f in TrainParams.model_fields.items() if f.is_required() and k != "model"]
+    first_name, first = next(iter(zoo.items()))
+    lacking = [k for k in required if k not in first and k not in explicit]
+    complete = [n for n, e in zoo.items() if isinstance(e, dict) and all(k in e or k in explicit for k in required)]
+    if not lacking or not complete:
+        return None
+    return (f"'train.zoo.{first_name}' comes first, so it is the recipe the other entries change, but it lacks "
+            f"{', '.join(lacking)}; '{complete[0]}' sets every key: move it to the top of train.zoo (writing "
+            f"params.yaml with sorted keys moves entries)")
+
+
 def _apply_zoo(train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     """Resolve the train section: ``train.zoo[train.model]`` (the first entry, then what this one changes), then
     every key the section sets (not null). Every zoo entry is checked. Returns (train, problems)."""
@@ -270,7 +284,7 @@ def _apply_zoo(train: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
     first = next(iter(zoo.values()))
     if not isinstance(first, dict):
         return train, [f"'train.zoo.{next(iter(zoo))}' (the first recipe) must be a mapping of train keys"]
-    problems = []
+    problems = [moved] if (moved := _complete_recipe_not_first(zoo, explicit)) else []
     for name, entry in zoo.items():
         if not isinstance(entry, dict) or {"model", "zoo"} & set(entry):
             problems.append(f"'train.zoo.{name}' must be a mapping of train keys (other than model/zoo)")
