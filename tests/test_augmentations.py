@@ -183,9 +183,10 @@ def test_only_the_default_recipe_uses_the_new_augmentations():
         else:
             assert {k: getattr(a, k) for k in NEW} == dict.fromkeys(NEW, 0), name
     default = params.load(REPO / "params.yaml").train.augment
-    assert default == params.zoo_model("digits_cnn", REPO / "params.yaml").augment and default.elastic_px == 0
-    clean = params.zoo_model("digits_cnn_clean", REPO / "params.yaml").augment  # the same geometric augmentation
-    assert default.model_copy(update=dict.fromkeys(NEW, 0) | {"robust_share": 1, "robust_ops": 0}) == clean
+    assert default == params.zoo_model("digits_cnn", REPO / "params.yaml").augment and default.elastic_px == 1.2
+    clean = params.zoo_model("digits_cnn_clean", REPO / "params.yaml").augment  # the same affine augmentation
+    off = dict.fromkeys(NEW, 0) | {"robust_share": 1, "robust_ops": 0, "elastic_px": 0}
+    assert default.model_copy(update=off) == clean
     assert clean == AugmentParams(rotation_deg=10, zoom=0.1, shift=0.1, elastic_px=0, elastic_scale=7)
 
 
