@@ -135,7 +135,8 @@ def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:
     # the default's robustness augmentations have no counterpart on the naive path: refused, not compared unlike
     refused = script("data_paths.py", "--model=digits_cnn", *TINY, cwd=tmp_path, check=False)
     assert refused.returncode == 1
-    assert "digits_cnn: the naive path has no thickness, outline" in refused.stderr and "--paths ours" in refused.stderr
+    assert "digits_cnn: the naive path has no elastic_px, thickness, outline" in refused.stderr
+    assert "--paths ours" in refused.stderr
     ours = script("data_paths.py", "--model=digits_cnn", "--paths=ours", *TINY, cwd=tmp_path).stdout  # ours alone: runs
     assert "| metric | ours |" in ours and "naive" not in ours.split("| metric |")[1]
 
