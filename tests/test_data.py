@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 
 from digits import data, idx
 from digits.data import DataError, Split
@@ -338,6 +339,17 @@ def gen(seed: int = 0) -> torch.Generator:
 
 def random_images(n: int = 8, seed: int = 0) -> torch.Tensor:
     return torch.rand(n, 1, 28, 28, generator=gen(seed))
+
+
+@pytest.mark.parametrize("shape", [(16, 1, 28, 28), (5, 2, 20, 28)])
+def test_affine_grid_is_torchs(shape: tuple[int, ...]) -> None:
+    x = torch.zeros(shape)
+    half_widths = torch.tensor([[0.5], [0.2], [0.3], [0.3]])
+    angle, zoom, tx, ty = (torch.rand(4, shape[0], generator=gen(2)) * 2 - 1) * half_widths
+    cos, sin = torch.cos(angle) / (1 + zoom), torch.sin(angle) / (1 + zoom)
+    theta = torch.stack([torch.stack([cos, -sin, tx], 1), torch.stack([sin, cos, ty], 1)], 1)
+    expected = F.affine_grid(theta, list(shape), align_corners=False)
+    torch.testing.assert_close(data.affine_grid(x, angle, 1 + zoom, tx, ty), expected, atol=1e-6, rtol=0)
 
 
 def test_augment_all_zero_is_identity() -> None:

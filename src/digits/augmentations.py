@@ -30,6 +30,19 @@ def _separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch
     return rows.unsqueeze(1) @ x @ cols.unsqueeze(1).transpose(-1, -2)
 
 
+def upsample_bicubic(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bicubic", align_corners=align_corners)`` of a coarse grid ``x`` [N, C, h, w]
+    as two matrix products: the interpolation is linear and separable, so its matrix per axis is that of
+    ``F.interpolate`` applied to the unit vectors. The same values to float rounding, about 10× faster on a CPU
+    for the few-node grids of the elastic field and the shading."""
+
+    def matrix(k: int, side: int) -> torch.Tensor:  # [side, k]
+        units = torch.eye(k, device=x.device, dtype=x.dtype).view(k, 1, k, 1)
+        return F.interpolate(units, size=(side, 1), mode="bicubic", align_corners=align_corners)[:, 0, :, 0].T
+
+    return matrix(x.shape[-2], size[0]) @ x @ matrix(x.shape[-1], size[1]).T
+
+
 def _max3(x: torch.Tensor) -> torch.Tensor:
     """Maximum over each pixel's 3×3 neighbourhood within the image, for ``x`` ≥ 0 (zero padding): two separable
     passes of shifted views, many times faster on a CPU than ``max_pool2d`` with stride 1."""
@@ -190,7 +203,7 @@ def shading(x: torch.Tensor, strength: float, generator: torch.Generator) -> tor
     n, h, w = len(x), *x.shape[-2:]
     a = _per_sample(_rand(x, n, generator=generator) * strength, x)
     grid = _rand(x, n, 1, SHADING_GRID, SHADING_GRID, generator=generator)
-    light = F.interpolate(grid, size=(h, w), mode="bicubic", align_corners=True).clamp(0, 1)
+    light = upsample_bicubic(grid, (h, w), align_corners=True).clamp(0, 1)
     return (x + a * light) / (1 + a)
 
 
