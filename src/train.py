@@ -16,9 +16,10 @@ from digits import data, device, distributed, figures, files, models, params, re
 
 
 def resume_store(data_dir: Path, p: params.TrainParams, stats: dict, dev, directory: str | None) -> resume.Store:
-    """The per-epoch resume checkpoint of this exact run (train params + processed data + device and threads)."""
+    """The per-epoch resume checkpoint of this exact run (train params + processed data + device and threads +
+    this code and its CPU kernels)."""
     data_identity = {"stats": stats, **{f: files.md5_file(data_dir / f) for f in ("train.pt", "val.pt")}}
-    key = resume.run_key(p.model_dump(mode="json"), data_identity, device.describe(dev))
+    key = resume.run_key(p.model_dump(mode="json"), data_identity, device.describe(dev), resume.code_identity(__file__))
     return resume.Store(directory or resume.default_dir(), key)
 
 

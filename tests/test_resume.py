@@ -81,14 +81,28 @@ def test_fit_resumed_from_a_checkpoint_equals_the_uninterrupted_fit(name: str, s
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
-def test_resume_key_changes_with_every_input():
+def test_resume_key_changes_with_every_input(monkeypatch: pytest.MonkeyPatch):
     p = recipe("sgd-plateau").model_dump(mode="json")
-    base = resume.run_key(p, {"md5": "a"}, "cpu (2 threads)")
-    assert base == resume.run_key(dict(p), {"md5": "a"}, "cpu (2 threads)")
-    assert base != resume.run_key({**p, "lr": 0.02}, {"md5": "a"}, "cpu (2 threads)")
-    assert base != resume.run_key({**p, "augment": {**p["augment"], "zoom": 0.2}}, {"md5": "a"}, "cpu (2 threads)")
-    assert base != resume.run_key(p, {"md5": "b"}, "cpu (2 threads)")
-    assert base != resume.run_key(p, {"md5": "a"}, "cpu (1 threads)")
+    for name in resume.KERNEL_VARIABLES:
+        monkeypatch.delenv(name, raising=False)
+    base = resume.run_key(p, {"md5": "a"}, "cpu (2 threads)", "c")
+    assert base == resume.run_key(dict(p), {"md5": "a"}, "cpu (2 threads)", "c")
+    assert base != resume.run_key({**p, "lr": 0.02}, {"md5": "a"}, "cpu (2 threads)", "c")
+    assert base != resume.run_key({**p, "augment": {**p["augment"], "zoom": 0.2}}, {"md5": "a"}, "cpu (2 threads)", "c")
+    assert base != resume.run_key(p, {"md5": "b"}, "cpu (2 threads)", "c")
+    assert base != resume.run_key(p, {"md5": "a"}, "cpu (1 threads)", "c")
+    assert base != resume.run_key(p, {"md5": "a"}, "cpu (2 threads)", "other code")
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")  # scripts/avx2.env: other kernels, other float results
+    assert base != resume.run_key(p, {"md5": "a"}, "cpu (2 threads)", "c")
+
+
+def test_code_identity_follows_the_package_and_the_script(tmp_path: Path):
+    script = tmp_path / "train.py"
+    script.write_text("a = 1\n")
+    before = resume.code_identity(script)
+    assert before == resume.code_identity(script) != resume.code_identity()
+    script.write_text("a = 2\n")
+    assert resume.code_identity(script) != before
 
 
 def test_store_round_trip_and_foreign_or_damaged_files_are_ignored_loudly(tmp_path: Path, capsys):

@@ -2,14 +2,17 @@
 
 The checkpoint lives outside DVC's outputs (DVC deletes a stage's outputs before running it), in
 ``<project root>/.cache/train-resume/<key>.pt``, where ``key`` hashes the validated train params, the processed
-data's identity (stats.json, file MD5s), the device (with the CPU thread count) and the torch version: a run with
-any of them changed never resumes another's state. It is deleted after the run that wrote it succeeds.
+data's identity (stats.json, file MD5s), the device (with the CPU thread count), the torch version, the training
+code (``code_identity``) and the variables that pin the CPU kernels' instruction set (scripts/avx2.env): a run with
+any of them changed never resumes another's state, so no model mixes epochs of two versions of the code. It is
+deleted after the run that wrote it succeeds.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -26,14 +29,29 @@ def default_dir() -> Path:
     return tracking.project_root() / ".cache" / "train-resume"
 
 
-def run_key(train_params: dict[str, Any], data_identity: dict[str, Any], device: str) -> str:
-    """``device`` describes the device and CPU thread count (the thread count changes float reduction order)."""
+KERNEL_VARIABLES = ("ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_ENABLE_INSTRUCTIONS", "MKL_CBWR")
+"""Environment variables that change which CPU kernels run, hence the float results of a training step."""
+
+
+def code_identity(*scripts: str | Path) -> str:
+    """MD5 over the source files of the ``digits`` package and ``scripts`` (the stage script), names included."""
+    digest = hashlib.md5()
+    for path in [*sorted(Path(__file__).parent.glob("*.py")), *map(Path, scripts)]:
+        digest.update(path.name.encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+def run_key(train_params: dict[str, Any], data_identity: dict[str, Any], device: str, code: str) -> str:
+    """``device`` describes the device and CPU thread count (the thread count changes float reduction order);
+    ``code`` identifies the training code (``code_identity``)."""
     identity = {
         "format": FORMAT,
         "params": train_params,
         "data": data_identity,
         "device": device,
         "torch": torch.__version__,
+        "code": code,
+        "kernels": {name: os.environ.get(name) for name in KERNEL_VARIABLES},
     }
     return hashlib.sha256(json.dumps(identity, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
