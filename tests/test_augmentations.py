@@ -126,15 +126,6 @@ def test_lowres_resampling_is_area_down_and_bilinear_up(side: int):
     torch.testing.assert_close(augmentations._separable(x, matrices, matrices), expected, atol=1e-5, rtol=0)
 
 
-@pytest.mark.parametrize("align_corners", [False, True])
-@pytest.mark.parametrize(("coarse", "size"), [((4, 4), (28, 28)), ((3, 5), (20, 28)), ((2, 2), (28, 28))])
-def test_upsample_bicubic_is_f_interpolate(coarse: tuple[int, int], size: tuple[int, int], align_corners: bool):
-    grid = torch.rand(6, 2, *coarse, generator=gen(1)) * 2 - 1
-    expected = F.interpolate(grid, size=size, mode="bicubic", align_corners=align_corners)
-    out = augmentations.upsample_bicubic(grid, size, align_corners)
-    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
-
-
 def test_lowres_at_full_strength_loses_detail():
     x = torch.zeros(64, 1, 28, 28)
     x[..., 1::2, :] = 1  # stripes one pixel wide: gone below 28 px

@@ -352,6 +352,15 @@ def test_affine_grid_is_torchs(shape: tuple[int, ...]) -> None:
     torch.testing.assert_close(data.affine_grid(x, angle, 1 + zoom, tx, ty), expected, atol=1e-6, rtol=0)
 
 
+@pytest.mark.parametrize("align_corners", [False, True])
+@pytest.mark.parametrize(("coarse", "size"), [((4, 4), (28, 28)), ((3, 5), (20, 28)), ((2, 2), (28, 28))])
+def test_upsample_bicubic_is_f_interpolate(coarse: tuple[int, int], size: tuple[int, int], align_corners: bool):
+    grid = torch.rand(6, 2, *coarse, generator=gen(1)) * 2 - 1
+    expected = F.interpolate(grid, size=size, mode="bicubic", align_corners=align_corners)
+    out = data.upsample_bicubic(grid, size, align_corners)
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
 def test_augment_all_zero_is_identity() -> None:
     x = random_images()
     g = gen()

@@ -282,9 +282,9 @@ def test_dvc_exp_run_with_a_bad_value_fails_before_any_work(dvc_project: Path, s
 def test_zoo_model_and_overrides() -> None:
     p = params.zoo_model("digits_cnn_fast", REPO_PARAMS)
     assert p.model == "digits_cnn_fast" and p.width == 8
-    q = params.override(p, ["lr=0.02", "augment.off_last_epochs=2", "hidden=[64, 32]", "amp=false"])
-    assert (q.lr, q.augment.off_last_epochs, q.hidden, q.amp) == (0.02, 2, [64, 32], False)
-    assert q.width == p.width and p.lr != 0.02  # the rest kept, the original untouched
+    q = params.override(p, ["lr=0.003", "augment.off_last_epochs=2", "hidden=[64, 32]", "amp=false"])
+    assert (q.lr, q.augment.off_last_epochs, q.hidden, q.amp) == (0.003, 2, [64, 32], False)
+    assert q.width == p.width and p.lr != 0.003  # the rest kept, the original untouched
 
 
 @pytest.mark.parametrize(

@@ -15,6 +15,8 @@ from collections.abc import Mapping
 import torch
 import torch.nn.functional as F
 
+from digits import data
+
 
 def _rand(x: torch.Tensor, *shape: int, generator: torch.Generator) -> torch.Tensor:
     return torch.rand(*shape, generator=generator, device=x.device, dtype=x.dtype)
@@ -28,19 +30,6 @@ def _per_sample(v: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
 def _separable(x: torch.Tensor, rows: torch.Tensor, cols: torch.Tensor) -> torch.Tensor:
     """Per-sample linear map of the image planes: ``rows @ x @ colsᵀ`` with ``rows`` [N, H, H], ``cols`` [N, W, W]."""
     return rows.unsqueeze(1) @ x @ cols.unsqueeze(1).transpose(-1, -2)
-
-
-def upsample_bicubic(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
-    """``F.interpolate(x, size, mode="bicubic", align_corners=align_corners)`` of a coarse grid ``x`` [N, C, h, w]
-    as two matrix products: the interpolation is linear and separable, so its matrix per axis is that of
-    ``F.interpolate`` applied to the unit vectors. The same values to float rounding, about 10× faster on a CPU
-    for the few-node grids of the elastic field and the shading."""
-
-    def matrix(k: int, side: int) -> torch.Tensor:  # [side, k]
-        units = torch.eye(k, device=x.device, dtype=x.dtype).view(k, 1, k, 1)
-        return F.interpolate(units, size=(side, 1), mode="bicubic", align_corners=align_corners)[:, 0, :, 0].T
-
-    return matrix(x.shape[-2], size[0]) @ x @ matrix(x.shape[-1], size[1]).T
 
 
 def _max3(x: torch.Tensor) -> torch.Tensor:
@@ -203,7 +192,7 @@ def shading(x: torch.Tensor, strength: float, generator: torch.Generator) -> tor
     n, h, w = len(x), *x.shape[-2:]
     a = _per_sample(_rand(x, n, generator=generator) * strength, x)
     grid = _rand(x, n, 1, SHADING_GRID, SHADING_GRID, generator=generator)
-    light = upsample_bicubic(grid, (h, w), align_corners=True).clamp(0, 1)
+    light = data.upsample_bicubic(grid, (h, w), align_corners=True).clamp(0, 1)
     return (x + a * light) / (1 + a)
 
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from digits import augmentations, files, idx
+from digits import files, idx
 from digits.errors import UserError
 
 
@@ -135,7 +135,7 @@ def augment(
     nearest, as torchvision's RandomAffine uses by default) with zero (background) padding.
 
     Elastic distortion (after Simard et al. 2003) adds a smooth random displacement field: random values on a
-    coarse grid one node per ``elastic_scale`` px, upsampled bicubically (``augmentations.upsample_bicubic``;
+    coarse grid one node per ``elastic_scale`` px, upsampled bicubically (``upsample_bicubic``;
     cheaper than Gaussian smoothing at full resolution) and scaled so the largest displacement in each image is
     ``elastic_px`` px.
     """
@@ -153,7 +153,7 @@ def augment(
     grid = affine_grid(x, angle, scale, tx, ty)
     if elastic_px:
         coarse = uniform(n, 2, max(2, round(h / elastic_scale)), max(2, round(w / elastic_scale)))
-        field = augmentations.upsample_bicubic(coarse, (h, w), align_corners=False)
+        field = upsample_bicubic(coarse, (h, w), align_corners=False)
         field = field / field.abs().amax(dim=(2, 3), keepdim=True).clamp_min(1e-6)  # peak displacement = alpha
         pixels_to_grid = torch.tensor([2 / w, 2 / h], device=x.device, dtype=x.dtype)
         grid = grid + field.permute(0, 2, 3, 1) * elastic_px * pixels_to_grid
@@ -174,6 +174,19 @@ def affine_grid(
     pixels = F.affine_grid(identity, [1, 1, h, w], align_corners=False).view(h * w, 2)
     homogeneous = torch.cat([pixels, pixels.new_ones(h * w, 1)], 1)  # [H·W, 3]
     return torch.einsum("pk,nik->npi", homogeneous, theta).view(n, h, w, 2)
+
+
+def upsample_bicubic(x: torch.Tensor, size: tuple[int, int], align_corners: bool) -> torch.Tensor:
+    """``F.interpolate(x, size, mode="bicubic", align_corners=align_corners)`` of a coarse grid ``x`` [N, C, h, w]
+    as two matrix products: the interpolation is linear and separable, so its matrix per axis is that of
+    ``F.interpolate`` applied to the unit vectors. The same values to float rounding, about 10× faster on a CPU
+    for the few-node grids of the elastic field and the shading."""
+
+    def matrix(k: int, side: int) -> torch.Tensor:  # [side, k]
+        units = torch.eye(k, device=x.device, dtype=x.dtype).view(k, 1, k, 1)
+        return F.interpolate(units, size=(side, 1), mode="bicubic", align_corners=align_corners)[:, 0, :, 0].T
+
+    return matrix(x.shape[-2], size[0]) @ x @ matrix(x.shape[-1], size[1]).T
 
 
 def warp(x: torch.Tensor, grid: torch.Tensor, interpolation: str = "bilinear") -> torch.Tensor:
