@@ -54,6 +54,9 @@ def main() -> None:
     font_digits, families, family = fonts.load(args.fonts_file)
     dev = device.select("auto")
     device.configure(dev, seed=0, deterministic=True)  # CPU threads from what the process may use
+    # float32 convolutions in float32: cuDNN's default, TF32, rounds their inputs to 10-bit mantissas, which moved the
+    # logits by 3·10⁻³ on an H200 and failed the save/load check against the CPU (docs/benchmarks.md)
+    torch.backends.cudnn.allow_tf32 = False
     checkpoint_model, _ = training.load_checkpoint(model_dir / "model.pt", dev)
     model = models.for_inference(checkpoint_model, dev, p.compile)
     x, y = data.to_device(test, dev)

@@ -183,6 +183,23 @@ def test_time_to_accuracy_reports_checkpoints_start_up_and_floor(tmp_path: Path)
     assert {"seconds_to_99.0%", "floor_to_99.5%", "startup_context_s", "startup_prepare_s"} <= r.keys()
 
 
+def test_gpu_script_runs_the_parts_named_and_epochs_asked_for(tmp_path: Path) -> None:
+    """benchmarks/gpu.sh on a CPU (TINY): only the parts named run, each with a summary line; EPOCHS sets the
+    default model's epochs in the tree under test."""
+    make_idx_dataset(tmp_path / "raw", n_train=256, n_test=64)
+    out = tmp_path / "out"
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "tta", "tests"], cwd=tmp_path, text=True,
+                          capture_output=True, timeout=600, env=clean_env(TINY="1", EPOCHS="1", RAW=str(tmp_path / "raw"),
+                                                                          OUT=str(out), PYTHON=sys.executable))  # fmt: skip
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    lines = (out / "summary.txt").read_text().splitlines()
+    assert "train.epochs=1" in lines
+    assert any(line.startswith("tta: exit 0 in ") for line in lines)
+    assert any(line.startswith("tests: exit 0 in ") and "skipped: no CUDA" in line for line in lines)
+    assert not [line for line in lines if line.startswith(("pipeline:", "ddp:", "top", "exp:"))]
+    assert (out / "machine.txt").exists() and (out / "logs.tar.gz").exists()
+
+
 def test_train_speed_benchmark_prints_each_variant_per_instruction_set(tmp_path: Path) -> None:
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     out = script("train_speed.py", "--rounds=1", "--images=256", "--variants=stage,glibc,contiguous", cwd=tmp_path)

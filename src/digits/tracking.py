@@ -332,6 +332,9 @@ def log_model(model: nn.Module, example: torch.Tensor) -> None:
     model = copy.deepcopy(model).cpu().eval().to(memory_format=torch.contiguous_format)
     with torch.inference_mode():
         signature = mlflow.models.infer_signature(example.numpy(), model(example).numpy())
+    # MLflow checks the input example by loading the model through pyfunc, on CUDA where there is a GPU, and an
+    # exported graph cannot leave the device its weights were exported on (here the CPU): load it there
+    os.environ.setdefault("MLFLOW_DEFAULT_PREDICTION_DEVICE", "cpu")
     mlflow.pytorch.log_model(
         model,
         name="model",
