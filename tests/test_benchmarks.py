@@ -188,9 +188,9 @@ def test_gpu_script_runs_the_parts_named_and_epochs_asked_for(tmp_path: Path) ->
     default model's epochs in the tree under test."""
     make_idx_dataset(tmp_path / "raw", n_train=256, n_test=64)
     out = tmp_path / "out"
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "tta", "tests"], cwd=tmp_path, text=True,
-                          capture_output=True, timeout=600, env=clean_env(TINY="1", EPOCHS="1", RAW=str(tmp_path / "raw"),
-                                                                          OUT=str(out), PYTHON=sys.executable))  # fmt: skip
+    env = clean_env(TINY="1", EPOCHS="1", RAW=str(tmp_path / "raw"), OUT=str(out), PYTHON=sys.executable)
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu.sh"), "tta", "tests"], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stdout + proc.stderr
     lines = (out / "summary.txt").read_text().splitlines()
     assert "train.epochs=1" in lines
