@@ -4,7 +4,7 @@ its floor (FLOPs and fewest bytes per step over the H200's measured ceilings), w
 The project's model, optimizer, schedule, EMA and augmentation in a loop of its own: batches gathered by index on the
 device, and on CUDA the gather, augmentation, forward and backward replayed as one CUDA graph per step (optimizer and
 EMA eagerly after it). Accuracy is scored after the run on weight snapshots taken at CUDA events inside the timed
-run, so checking never stops the clock. Method and figures: docs/benchmarks.md, "GPU: ready to run".
+run, so checking never stops the clock. Method and figures: docs/benchmarks.md, "GPU: every check in one call".
 
     python benchmarks/time_to_accuracy.py --model digits_cnn_gpu --set epochs=4     # needs data/raw
 """

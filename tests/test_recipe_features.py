@@ -198,7 +198,7 @@ def test_every_zoo_model_in_params_yaml_validates(name):
 
 
 def test_the_gpu_top_recipe_is_the_clean_cnn_wider_deeper_and_longer():
-    """`digits_cnn_gpu_top` (docs/benchmarks.md, "GPU: ready to run") changes only what its comment says."""
+    """`digits_cnn_gpu_top` (docs/benchmarks.md, "GPU: every check in one call") changes only what its comment says."""
     top = params.zoo_model("digits_cnn_gpu_top", REPO / "params.yaml").model_dump()
     base = params.zoo_model("digits_cnn_clean", REPO / "params.yaml").model_dump()
     assert {k: v for k, v in top.items() if v != base[k]} == {
