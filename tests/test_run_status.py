@@ -113,3 +113,31 @@ def test_a_run_whose_process_died_is_marked_killed_by_the_next_run(tmp_path: Pat
     out, err = nxt.communicate(timeout=120)
     assert nxt.returncode == 0, err
     assert status(tmp_path, orphan) == "KILLED" and status(tmp_path, out.split()[1]) == "FINISHED"
+
+
+@pytest.mark.parametrize(("action", "code"), [("finish", 0), ("user-error", 2)])
+def test_a_stage_ends_after_its_exit_handlers_and_with_its_output_flushed(tmp_path: Path, action: str, code: int):
+    """stage.run ends the process without the interpreter's teardown (stage.end_process): exit handlers still run,
+    buffered output still arrives, and the status is the stage's."""
+    script = textwrap.dedent(
+        """
+        import atexit, sys
+        from digits import stage
+        from digits.errors import UserError
+
+        atexit.register(lambda: print("exit handler ran"))
+
+        def main():
+            sys.stdout.write("buffered, never flushed by main")
+            if sys.argv[1] == "user-error":
+                raise UserError("bad input")
+
+        stage.run(main)
+        print("never reached")
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script, action], cwd=tmp_path, env=env_for(tmp_path), text=True,
+                          capture_output=True, timeout=120)  # fmt: skip
+    assert proc.returncode == code, proc.stderr
+    assert proc.stdout == "buffered, never flushed by mainexit handler ran\n"
+    assert ("error: bad input" in proc.stderr) == (code == 2) and ("done in" in proc.stderr) == (code == 0)

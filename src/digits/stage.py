@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import atexit
 import ctypes
 import ctypes.util
 import logging
@@ -12,6 +13,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import NoReturn
 
 from digits.errors import Interrupted, UserError
 
@@ -69,12 +71,23 @@ def _interrupt(signum: int, frame: object) -> None:
     raise Interrupted(signum)
 
 
-def run(main: Callable[[], None]) -> None:
-    """Run a stage's main; a UserError becomes one 'error:' line on stderr and exit status 2.
+def end_process(status: int) -> NoReturn:
+    """Exit with ``status`` once the exit handlers have run and the standard streams are flushed, skipping the
+    interpreter's teardown: its garbage collection over the millions of objects that torch.compile, MLflow and
+    matplotlib leave took 3 s of the evaluate stage's ~30 s (docs/benchmarks.md)."""
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
+
+
+def run(main: Callable[[], None]) -> NoReturn:
+    """Run a stage's main, then end the process (``end_process``); a UserError becomes one 'error:' line on stderr
+    and exit status 2.
 
     SIGTERM and SIGINT raise ``Interrupted`` inside main, so open MLflow runs end as KILLED (tracking.start_run)
     and atomic writes clean up; the exit status is then 128 + the signal number, as for a default kill. Freed
-    memory is kept for reuse (``keep_freed_memory``).
+    memory is kept for reuse (``keep_freed_memory``). Any other exception propagates (a traceback, status 1).
     """
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, _interrupt)
@@ -85,8 +98,9 @@ def run(main: Callable[[], None]) -> None:
         main()
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        end_process(2)
     except Interrupted as exc:
         print(f"interrupted by {signal.Signals(exc.signum).name}", file=sys.stderr)
-        sys.exit(128 + exc.signum)
+        end_process(128 + exc.signum)
     print(f"done in {time.perf_counter() - start:.1f} s", file=sys.stderr)
+    end_process(0)
