@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Every GPU check and timing in one call of at most 10 minutes on one H200 (docs/benchmarks.md, "GPU: every check in one call").
+# Every GPU check and timing in one call of at most 10 minutes on one H200 (docs/benchmarks.md, "GPU: every check
+# in one call").
 #
 # Before the call, in the root of the checkout that the device tool sends (needs pip, the network and data/raw):
 #   bash benchmarks/gpu.sh prepare
