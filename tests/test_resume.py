@@ -96,6 +96,14 @@ def test_resume_key_changes_with_every_input(monkeypatch: pytest.MonkeyPatch):
     assert base != resume.run_key(p, {"md5": "a"}, "cpu (2 threads)", "c")
 
 
+def test_every_kernel_pin_of_the_avx2_imitation_is_in_the_resume_key():
+    """A variable that scripts/avx2.env sets to choose kernels must change the resume key, or a run under the
+    imitation would resume a native run's checkpoint (Inductor's cache folder chooses no kernel)."""
+    assigned = [line.split("=", 1)[0] for line in (REPO / "scripts" / "avx2.env").read_text().splitlines()
+                if line[:1].isupper() and "=" in line]  # fmt: skip
+    assert assigned and set(assigned) - {"TORCHINDUCTOR_CACHE_DIR"} <= set(resume.KERNEL_VARIABLES)
+
+
 def test_code_identity_follows_the_package_and_the_script(tmp_path: Path):
     script = tmp_path / "train.py"
     script.write_text("a = 1\n")
