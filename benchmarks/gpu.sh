@@ -46,7 +46,8 @@ export logs=$out/logs tmp && tmp=$(mktemp -d) && export work=$tmp/digits
 mkdir -p "$logs" "$work/data/raw" "$tmp/site"
 say() { echo "$*" | tee -a "$out/summary.txt"; }
 export -f say
-if compgen -G ".whl/*.whl" > /dev/null; then
+# the wheels are Python 3.12's (the GPU image's); another Python (a TINY run on a developer's machine) goes without
+if compgen -G ".whl/*.whl" > /dev/null && $py -c 'import sys; sys.exit(sys.version_info[:2] != (3, 12))'; then
     $py -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$tmp/site" .whl/*.whl \
         > "$logs/wheels.log" 2>&1 || say "wheels: install failed (logs/wheels.log)"
     export PYTHONPATH=$tmp/site${PYTHONPATH:+:$PYTHONPATH} PATH=$tmp/site/bin:$PATH
