@@ -19,7 +19,7 @@ from digits.params import AugmentParams, TrainParams
 ARCH: dict[str, dict[str, Any]] = {
     "mlp": {"hidden": [32, 16], "dropout": 0.0, "batchnorm": False, "stretch": False},
     "cnn": {"width": 8, "dropout": 0.0, "depth": 1, "head": 0, "stages": 3, "block_dropout": 0.0, "last_width": 0,
-            "last_pool": "floor", "stretch": False},
+            "last_pool": "floor", "first_stride": 1, "stretch": False},
 }
 
 
@@ -168,9 +168,24 @@ def test_cnn_last_stage_width_and_pooling(last_pool: str, side: int) -> None:
         models.cnn(8, 0.0, last_pool="avg")
 
 
+def test_cnn_first_stride_2_replaces_the_first_pool() -> None:
+    """``first_stride=2``: the first convolution computes the 14 px map directly, the first max-pool is gone, and the
+    rest of the network (channels, head) is the one of ``first_stride=1``; it needs a second stage."""
+    strided, plain = models.cnn(8, 0.0, first_stride=2), models.cnn(8, 0.0)
+    convs = [m for m in strided if isinstance(m, torch.nn.Conv2d)]
+    assert [m.stride for m in convs] == [(2, 2), (1, 1), (1, 1)]
+    assert sum(isinstance(m, torch.nn.MaxPool2d) for m in strided) == 2
+    assert [v.shape for v in strided.state_dict().values()] == [v.shape for v in plain.state_dict().values()]
+    x = torch.rand(2, 1, 28, 28)
+    assert strided[:3](x).shape == plain[:4](x).shape == (2, 8, 14, 14)
+    assert strided(x).shape == (2, 10)
+    with pytest.raises(ValueError, match="first_stride 2 is not possible with 1 stage"):
+        models.cnn(8, 0.0, stages=1, first_stride=2)
+
+
 def test_checkpoint_without_the_newer_cnn_keys_still_loads(tmp_path: Path) -> None:
-    """Checkpoints written before ``last_width``/``last_pool`` existed rebuild the same network."""
-    kwargs = {k: v for k, v in ARCH["cnn"].items() if k not in ("last_width", "last_pool")}
+    """Checkpoints written before ``last_width``/``last_pool``/``first_stride`` existed rebuild the same network."""
+    kwargs = {k: v for k, v in ARCH["cnn"].items() if k not in ("last_width", "last_pool", "first_stride")}
     model = models.build("cnn", 0.0, 1.0, **kwargs)
     training.save_checkpoint(tmp_path / "old.pt", model, {"arch": "cnn", "model_kwargs": kwargs})
     loaded, _ = training.load_checkpoint(tmp_path / "old.pt")

@@ -120,6 +120,16 @@ def test_unknown_architecture_lists_allowed_names(tmp_path: Path, base: dict[str
     assert "'mlp'" in msg and "'cnn'" in msg
 
 
+def test_first_stride_2_with_one_stage_is_refused_before_any_work(tmp_path: Path, base: dict[str, Any]) -> None:
+    def one_strided_stage(params: dict[str, Any]) -> None:
+        params["train"].update(stages=1, first_stride=2)
+
+    msg = load_error(write_variant(tmp_path, base, one_strided_stage))
+    assert "first_stride 2 replaces the first stage's max-pool and needs stages ≥ 2" in msg
+    msg = load_error(write_variant(tmp_path, base, set_key("train", "first_stride", 3)))
+    assert "'train.first_stride' = 3 is not allowed" in msg
+
+
 def test_unknown_last_pool_lists_allowed_names(tmp_path: Path, base: dict[str, Any]) -> None:
     msg = load_error(write_variant(tmp_path, base, set_key("train", "last_pool", "avg")))
     assert "'train.last_pool' = 'avg' is not allowed" in msg

@@ -69,8 +69,8 @@ class BatchNorm2d(nn.BatchNorm2d):
         return super().forward(x)
 
 
-def _conv_bn(c_in: int, c_out: int) -> list[nn.Module]:
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), BatchNorm2d(c_out), nn.ReLU(inplace=True)]
+def _conv_bn(c_in: int, c_out: int, stride: int = 1) -> list[nn.Module]:
+    return [nn.Conv2d(c_in, c_out, 3, stride, padding=1, bias=False), BatchNorm2d(c_out), nn.ReLU(inplace=True)]
 
 
 def cnn(
@@ -82,25 +82,31 @@ def cnn(
     block_dropout: float = 0.0,
     last_width: int | None = None,
     last_pool: str = "floor",
+    first_stride: int = 1,
 ) -> nn.Sequential:
     """``stages`` conv stages of w, 2w, 4w channels at 28, 14, 7 px, each Conv-BN-ReLU block(s) → 2×2 max-pool
     (→ Dropout ``block_dropout``).
 
     ``depth`` conv layers in each stage after the first (the first, on one input channel, has one); ``last_width``
     replaces the last stage's channel count; ``last_pool`` is that stage's pooling: ``floor`` (7 → 3 px, dropping the
-    odd row and column), ``ceil`` (7 → 4 px) or ``none``. ``head`` > 0 adds a hidden dense layer of that size;
-    ``dropout`` comes before the classifier.
+    odd row and column), ``ceil`` (7 → 4 px) or ``none``. ``first_stride`` 2: the first convolution strides by 2
+    (28 → 14 px) in place of the first stage's max-pool, so nothing runs at 28 px but that convolution, on a quarter
+    of the pixels. ``head`` > 0 adds a hidden dense layer of that size; ``dropout`` comes before the classifier.
     """
     if last_pool not in ("floor", "ceil", "none"):
         raise ValueError(f"unknown last_pool '{last_pool}'; choose one of: floor, ceil, none")
+    if first_stride not in (1, 2) or (first_stride == 2 and stages < 2):
+        raise ValueError(f"first_stride {first_stride} is not possible with {stages} stage(s): 1, or 2 with ≥ 2 stages")
     layers: list[nn.Module] = []
     c_in, side = 1, 28
     for stage in range(stages):
         last = stage == stages - 1
         c_out = last_width if last and last_width else width * 2**stage
         for i in range(1 if stage == 0 else depth):
-            layers += _conv_bn(c_in if i == 0 else c_out, c_out)
-        if not (last and last_pool == "none"):
+            layers += _conv_bn(c_in if i == 0 else c_out, c_out, first_stride if stage == 0 else 1)
+        if stage == 0 and first_stride == 2:
+            side //= 2
+        elif not (last and last_pool == "none"):
             ceil = last and last_pool == "ceil"
             layers.append(nn.MaxPool2d(2, ceil_mode=ceil))
             side = -(-side // 2) if ceil else side // 2

@@ -8,7 +8,16 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
 
 from digits.errors import UserError
 
@@ -102,6 +111,7 @@ class TrainParams(Section):
     block_dropout: Fraction = 0.0
     last_width: Annotated[int, Field(ge=0)] = 0  # cnn: channels of the last stage (0: width·2^(stages−1))
     last_pool: Literal["floor", "ceil", "none"] = "floor"  # cnn: the last stage's 2×2 max-pool (7 px → 3, 4 or 7)
+    first_stride: Literal[1, 2] = 1  # cnn: 2: the first conv strides 28 → 14 px in place of the first max-pool
     dropout: Fraction = 0.0
     init: Literal["default", "xavier"] = "default"
     stretch: bool = False  # the model's first step maps each image's darkest pixel to 0 and its brightest to 1
@@ -126,6 +136,13 @@ class TrainParams(Section):
     amp: bool = True
     compile: bool = False
     nproc: Annotated[int, Field(ge=1, le=256)] = 1  # >1: the stage relaunches itself under torchrun (DDP)
+
+    @field_validator("first_stride")
+    @classmethod
+    def _first_stride_needs_a_second_stage(cls, value: int, info: ValidationInfo) -> int:
+        if value == 2 and info.data.get("arch") == "cnn" and info.data.get("stages", 2) < 2:
+            raise ValueError("first_stride 2 replaces the first stage's max-pool and needs stages ≥ 2")
+        return value
 
 
 class EvaluateParams(Section):
@@ -200,7 +217,8 @@ def _merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
 
 ARCHITECTURE_KEYS = {  # the train keys that define each architecture (stored in checkpoints to rebuild it)
     "mlp": ("hidden", "dropout", "batchnorm", "stretch"),
-    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout", "last_width", "last_pool", "stretch"),
+    "cnn": ("width", "dropout", "depth", "head", "stages", "block_dropout", "last_width", "last_pool", "first_stride",
+            "stretch"),
 }
 ONLY_WITH = {  # train keys that mean something only with one of these values of another key
     "momentum": ("optimizer", ("sgd",)),
