@@ -141,3 +141,21 @@ def test_a_stage_ends_after_its_exit_handlers_and_with_its_output_flushed(tmp_pa
     assert proc.returncode == code, proc.stderr
     assert proc.stdout == "buffered, never flushed by mainexit handler ran\n"
     assert ("error: bad input" in proc.stderr) == (code == 2) and ("done in" in proc.stderr) == (code == 0)
+
+
+def test_a_stage_runs_its_main_with_the_garbage_collector_started_less_often(tmp_path: Path):
+    """stage.run raises the collector's thresholds (stage.collect_less_often) before main, and only there."""
+    script = textwrap.dedent(
+        """
+        import gc
+        from digits import stage
+
+        print("before", gc.get_threshold())
+        stage.run(lambda: print("in main", gc.get_threshold()))
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env_for(tmp_path), text=True,
+                          capture_output=True, timeout=120)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    before, in_main = proc.stdout.splitlines()
+    assert in_main == "in main (100000, 50, 100)" and before != "before (100000, 50, 100)"
