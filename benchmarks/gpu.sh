@@ -79,15 +79,17 @@ for f in "$raw"/*-ubyte*; do
     case $f in *.gz) gunzip -c "$f" > "$work/data/raw/$(basename "$f" .gz)" ;; *) cp "$f" "$work/data/raw/" ;; esac
 done
 cd "$work" || exit
-if ((tiny)); then  # small data, a tiny network, one epoch, no compilation: the parts' plumbing in minutes on a CPU
+edit_params() {  # the Python statements "$1" change the dict p, read from params.yaml and written back
     $py -c "import yaml; p = yaml.safe_load(open('params.yaml'))
-p['preprocess'].update(train_limit=600, test_limit=200); p['render']['per_class'] = 20
-p['evaluate']['compile'] = False; p['train'].update(width=4, head=8, epochs=1, batch_size=64)
+$1
 yaml.safe_dump(p, open('params.yaml', 'w'), sort_keys=False)"
+}
+if ((tiny)); then  # small data, a tiny network, one epoch, no compilation: the parts' plumbing in minutes on a CPU
+    edit_params "p['preprocess'].update(train_limit=600, test_limit=200); p['render']['per_class'] = 20
+p['evaluate']['compile'] = False; p['train'].update(width=4, head=8, epochs=1, batch_size=64)"
 fi
 if [[ -n ${EPOCHS:-} ]]; then  # EPOCHS=N: the default model trains N epochs in every part (a shorter pipeline check)
-    $py -c "import yaml; p = yaml.safe_load(open('params.yaml')); p['train']['epochs'] = $EPOCHS
-yaml.safe_dump(p, open('params.yaml', 'w'), sort_keys=False)" && say "train.epochs=$EPOCHS"
+    edit_params "p['train']['epochs'] = $EPOCHS" && say "train.epochs=$EPOCHS"
 fi
 $py src/preprocess.py data/raw data/processed reports/figures > "$logs/preprocess.log" 2>&1 || say "preprocess failed"
 command -v git > /dev/null && git init -q && git add -A && git -c user.name=gpu.sh -c user.email=gpu.sh@localhost \
@@ -135,8 +137,7 @@ part_ddp() {
     local n=$ngpu
     ((cuda)) || { echo "NCCL: skipped: no CUDA (gloo, 1 CPU process)"; n=1; }
     cp params.yaml "$tmp/params.yaml"  # 2 epochs for this part only
-    $py -c "import yaml; p = yaml.safe_load(open('params.yaml')); p['train']['epochs'] = min(2, p['train']['epochs'] or 2)
-yaml.safe_dump(p, open('params.yaml', 'w'), sort_keys=False)"
+    edit_params "p['train']['epochs'] = min(2, p['train']['epochs'] or 2)"
     NCCL_DEBUG=INFO $py -m torch.distributed.run --standalone --nproc-per-node="$n" src/train.py data/processed \
         "$tmp/ddp/models" "$tmp/ddp/metrics" "$tmp/ddp/figures"
     local rc=$?
@@ -145,7 +146,7 @@ yaml.safe_dump(p, open('params.yaml', 'w'), sort_keys=False)"
     echo "NCCL INFO lines: $(grep -c 'NCCL INFO' "$logs/ddp.log")"
     cp "$tmp/ddp/metrics/train.json" "$logs/ddp-train.json" && cp "$tmp/ddp/models/run.json" "$logs/ddp-run.json"
 }
-export -f part_tta part_pipeline part_top_alone part_top part_tests part_exp part_ddp
+export -f edit_params part_tta part_pipeline part_top_alone part_top part_tests part_exp part_ddp
 part() {  # NAME CAP_S: part_NAME under `timeout`, at most CAP_S and what is left of the budget; its log in logs/
     local name=$1 cap=$2 left=$((budget - SECONDS)) t0=$SECONDS rc
     [[ -z $parts || " $parts " == *" $name "* ]] || return 0
