@@ -9,7 +9,12 @@ The test set is evaluated after each epoch, off the clock; each stops at the tar
 Moving the data to the device counts (ours: the one copy of the training set; peer: every batch). Each runs in its
 own process, with the same number of CPU threads and seed.
 
+On the CPU the pair runs on this CPU's own instruction set and then, on an AVX-512 CPU, with scripts/avx2.env (as an
+AVX2-only CPU would run it), printed side by side; the imitated column is labelled so: it reproduces which kernels
+run, not the speed of an AVX2-only machine (docs/benchmarks.md).
+
     python benchmarks/peer.py          # needs data/raw (dvc repro download); docs/benchmarks.md, "Against PyTorch's"
+    python benchmarks/peer.py --isa native
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ import data_paths
 import torch
 import torch.nn.functional as F
 from torch import nn
+from train_speed import isas_to_run, under_isa
 
 from digits import data, device, models, params, training
 
@@ -104,33 +110,45 @@ def main() -> None:
     ap.add_argument("--limit", type=int, help="train and test on stratified subsets of this many images (smoke runs)")
     ap.add_argument("--threads", type=int, default=device.available_cpus(), help="CPU threads of each run")
     ap.add_argument("--target", type=float, default=0.99, help="test accuracy to reach (default: 0.99)")
+    ap.add_argument("--isa", default="native,avx2", help="native and/or avx2 (imitated; only on an AVX-512 CPU)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args()
     p = params.override(params.zoo_model(args.model), args.set)
     if args.worker:
         print(json.dumps(worker(args.worker, args, p)))
         return
+    isas = isas_to_run(args.isa) if device.select(p.device).type == "cpu" else ["native"]
+    if not isas:
+        sys.exit("nothing to run: give --isa native and/or avx2")
+    results = [race(args, isa) for isa in isas]
+    print(f"torch {torch.__version__}, {results[0]['ours']['device']}; target {args.target:.1%} test accuracy"
+          f"{f', {args.limit} images' if args.limit else ''}; ours: {args.model} {' '.join(args.set)}")
+    print("| run | " + " | ".join(f"{r['machine']}: seconds to target | epochs | best test accuracy" for r in results)
+          + " |\n|---|" + "---:|" * 3 * len(results))  # fmt: skip
+    for path in ("peer", "ours"):
+        print(f"| {path} | " + " | ".join(f"{r[path]['seconds_to_target'] or 'not reached'} | {r[path]['epochs']} | "
+                                          f"{r[path]['best_accuracy']:.2%}" for r in results) + " |")  # fmt: skip
+    ratios = [["–" if r["ratio"] is None else ("≥ " if r["ratio_is_lower_bound"] else "") + f"{r['ratio']:.1f}×",
+               "", ""] for r in results]  # fmt: skip
+    print("| peer/ours | " + " | ".join(sum(ratios, [])) + f" |\ntarget: peer/ours ≥ {TARGET_RATIO:g}×")
+    print(json.dumps({"benchmark": "peer", "torch": torch.__version__, "threads": args.threads, "target_accuracy":
+                      args.target, "limit": args.limit, "model": args.model, "set": args.set,
+                      "target_ratio": TARGET_RATIO, "results": results}))  # fmt: skip
+
+
+def race(args: argparse.Namespace, isa: str) -> dict:
+    """The peer's run, then ours, each in a process of its own on instruction set ``isa``; their ratio."""
     runs = {}
     for path in ("peer", "ours"):
-        out = subprocess.run([sys.executable, __file__, *sys.argv[1:], "--worker", path], check=True,
-                             stdout=subprocess.PIPE, text=True)  # fmt: skip  # progress lines go to stderr
+        cmd = under_isa([sys.executable, __file__, *sys.argv[1:], "--worker", path], isa)
+        out = subprocess.run(cmd, check=True, stdout=subprocess.PIPE, text=True)  # progress lines go to stderr
         runs[path] = json.loads(out.stdout.strip().splitlines()[-1])
     peer, ours = runs["peer"], runs["ours"]
     # peer short of the target: its time to it is beyond all it trained, so the ratio is a lower bound
     to_target = ours["seconds_to_target"]
     ratio = None if to_target is None else round((peer["seconds_to_target"] or peer["train_seconds"]) / to_target, 2)
-    bound = ratio is not None and peer["seconds_to_target"] is None
-    shown = "–" if ratio is None else ("≥ " if bound else "") + f"{ratio:.1f}×"
-    print(f"machine: {ours['machine']}, {ours['device']}, torch {torch.__version__}; target {args.target:.1%} test "
-          f"accuracy{f', {args.limit} images' if args.limit else ''}; ours: {args.model} {' '.join(args.set)}")
-    print("| run | seconds to target | epochs | best test accuracy |\n|---|---:|---:|---:|")
-    for r in (peer, ours):
-        print(f"| {r['path']} | {r['seconds_to_target'] or 'not reached'} | {r['epochs']} | {r['best_accuracy']:.2%} |")
-    print(f"peer/ours: {shown} (target ≥ {TARGET_RATIO:g}×)")
-    print(json.dumps({"benchmark": "peer", "machine": ours["machine"], "torch": torch.__version__, "threads":
-                      args.threads, "target_accuracy": args.target, "limit": args.limit, "model": args.model,
-                      "set": args.set, "peer": peer, "ours": ours, "ratio": ratio,
-                      "ratio_is_lower_bound": bound, "target_ratio": TARGET_RATIO}))  # fmt: skip
+    return {"machine": ours["machine"], "peer": peer, "ours": ours, "ratio": ratio,
+            "ratio_is_lower_bound": ratio is not None and peer["seconds_to_target"] is None}
 
 
 if __name__ == "__main__":

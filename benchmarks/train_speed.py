@@ -86,9 +86,26 @@ def child(variant: str, isa: str, images: int) -> dict:
     cmd = [sys.executable, __file__, "--child", spec]
     if allocator == "tcmalloc":
         cmd = ["bash", str(TCMALLOC_SH), *cmd]
+    return last_json_line(under_isa(cmd, isa), f"{variant} ({isa})", env)
+
+
+def under_isa(cmd: list[str], isa: str) -> list[str]:
+    """``cmd`` on this CPU's own instruction set (``native``) or with scripts/avx2.env sourced first (``avx2``)."""
     if isa == "avx2":
-        cmd = ["bash", "-c", f'set -a; source "{REPO}/scripts/avx2.env"; set +a; exec "$@"', "-", *cmd]
-    return last_json_line(cmd, f"{variant} ({isa})", env)
+        return ["bash", "-c", f'set -a; source "{REPO}/scripts/avx2.env"; set +a; exec "$@"', "-", *cmd]
+    return cmd
+
+
+def isas_to_run(spec: str) -> list[str]:
+    """The instruction sets named in ``spec`` (comma-separated ``native``, ``avx2``) that this CPU can run: ``avx2``
+    is imitated, so only on an AVX-512 CPU (elsewhere it is left out, saying so). Exits on any other name."""
+    isas = [i for i in spec.split(",") if i]
+    if unknown := set(isas) - {"native", "avx2"}:
+        sys.exit(f"unknown instruction set(s) {', '.join(sorted(unknown))}: give native and/or avx2")
+    if "avx2" in isas and device.cpu_isa() != "AVX-512":
+        print(f"avx2: this CPU is {device.cpu_isa()}, nothing to imitate; left out", file=sys.stderr)
+        isas.remove("avx2")
+    return isas
 
 
 def last_json_line(cmd: list[str], what: str, env: dict[str, str] | None = None) -> dict:
@@ -124,11 +141,8 @@ def main() -> None:
     if "tcmalloc" in variants and not tcmalloc_installed():
         print("tcmalloc: not installed (apt-get install libtcmalloc-minimal4), left out", file=sys.stderr)
         variants.remove("tcmalloc")
-    isas = [i for i in args.isa.split(",") if i]
-    if "avx2" in isas and device.cpu_isa() != "AVX-512":
-        print(f"avx2: this CPU is {device.cpu_isa()}, nothing to imitate; left out", file=sys.stderr)
-        isas.remove("avx2")
-    if not variants or not isas or set(isas) - {"native", "avx2"}:
+    isas = isas_to_run(args.isa)
+    if not variants or not isas:
         sys.exit("nothing to run: give --variants from the list and --isa native and/or avx2")
     runs: dict[tuple[str, str], list[dict]] = {(v, i): [] for v in variants for i in isas}
     for _ in range(args.rounds):
