@@ -141,8 +141,7 @@ def test_data_path_benchmark_compares_both_paths(tmp_path: Path) -> None:
     assert "| metric | ours |" in ours and "naive" not in ours.split("| metric |")[1]
 
 
-def test_peer_benchmark_races_the_pytorch_example_recipe_to_the_target_on_each_instruction_set(tmp_path: Path
-                                                                                                ) -> None:  # fmt: skip
+def test_peer_benchmark_races_the_example_recipe_on_each_instruction_set(tmp_path: Path) -> None:
     make_idx_dataset(tmp_path / "data" / "raw", n_train=256, n_test=64)
     shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
     proc = script("peer.py", "--model=digits_cnn_fast", *TINY, "--limit=128", "--max-epochs-peer=3", "--threads=1",
