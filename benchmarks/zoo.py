@@ -31,14 +31,25 @@ NOTEBOOK_CLAIMS = {
 FULL_TRAIN_SPLIT = 54_000  # 60k training images less the 10 % validation split
 
 
+ROBUSTNESS_AUGMENTATIONS = ("noise", "blur", "thickness", "outline", "lowres", "erasing", "scribble", "shading",
+                            "contrast")  # fmt: skip
+
+
 def describe(p: dict[str, str]) -> str:
     """A one-line architecture + recipe summary from a run's logged train params."""
     if p["arch"] == "mlp":
         arch = "MLP " + "-".join(map(str, yaml.safe_load(p["hidden"])))
         arch += " + BN" * (p["batchnorm"] == "True")
     else:
-        arch = f"CNN {p['stages']}×stage w{p['width']}" + (f" + dense {p['head']}" if p["head"] != "0" else "")
-    aug = "aug" if any(p[f"augment.{k}"] not in ("0", "0.0") for k in ("rotation_deg", "zoom", "shift")) else "no aug"
+        arch = f"CNN {p['stages']}×stage w{p['width']}" + " (stride-2 first conv)" * (p.get("first_stride") == "2")
+        arch += f" + dense {p['head']}" if p["head"] != "0" else ""
+
+    def used(*keys: str) -> bool:  # any of these augment params set (runs logged before a key existed lack it)
+        return any(p.get(f"augment.{k}", "0") not in ("0", "0.0") for k in keys)
+
+    aug = "aug" if used("rotation_deg", "zoom", "shift") else "no aug"
+    aug += " + elastic" * used("elastic_px") + " + robustness aug" * (used(*ROBUSTNESS_AUGMENTATIONS)
+                                                                     and used("robust_share"))  # fmt: skip
     return f"{arch}; {p['optimizer']} {p['scheduler']}; {aug}; batch {p['batch_size']}"
 
 
@@ -58,7 +69,8 @@ def main() -> None:
                 and r.data.params.get("train_size") == str(FULL_TRAIN_SPLIT)]  # fmt: skip
         if not full:
             rows.append({"model": name, "description": "not run", "parameters": "", "epochs_run": "",
-                         "train_seconds": "", "test_accuracy": "", "notebook_claim": NOTEBOOK_CLAIMS.get(name, "—")})
+                         "train_seconds": "", "machine": "", "test_accuracy": "",
+                         "notebook_claim": NOTEBOOK_CLAIMS.get(name, "—")})  # fmt: skip
             continue
         r = full[0]
         rows.append({
@@ -67,16 +79,17 @@ def main() -> None:
             "parameters": r.data.params["n_parameters"],
             "epochs_run": int(r.data.metrics["epochs_run"]),
             "train_seconds": round(r.data.metrics["train_seconds"], 1),
+            "machine": r.data.tags.get("machine", ""),  # the class train_seconds was measured on
             "test_accuracy": round(r.data.metrics["test_accuracy"], 4),
             "notebook_claim": NOTEBOOK_CLAIMS.get(name, "—"),
         })  # fmt: skip
     files.write_csv(args.out, rows)
-    print("| model | description | parameters | epochs | train s | test accuracy | notebook claimed |")
-    print("|---|---|---:|---:|---:|---:|---|")
+    print("| model | description | parameters | epochs | train s | machine | test accuracy | notebook claimed |")
+    print("|---|---|---:|---:|---:|---|---:|---|")
     for row in rows:
         acc = f"{row['test_accuracy']:.2%}" if row["test_accuracy"] != "" else "not run"
         print(f"| `{row['model']}` | {row['description']} | {row['parameters']} | {row['epochs_run']} | "
-              f"{row['train_seconds']} | {acc} | {row['notebook_claim']} |")  # fmt: skip
+              f"{row['train_seconds']} | {row['machine']} | {acc} | {row['notebook_claim']} |")  # fmt: skip
     print(f"wrote {args.out}")
 
 

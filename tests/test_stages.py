@@ -83,8 +83,8 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
                      tmp_path / "figures", params=params, tmp=tmp_path)
     assert evaluate.returncode == 0, evaluate.stderr
     zoo = tmp_path / "zoo.csv"  # a small sample of the model-zoo table the report includes
-    zoo.write_text("model,description,parameters,epochs_run,train_seconds,test_accuracy,notebook_claim\n"
-                   "tiny_cnn,a sample row,1234,1,2.5,0.9876,99 %\n")  # fmt: skip
+    zoo.write_text("model,description,parameters,epochs_run,train_seconds,machine,test_accuracy,notebook_claim\n"
+                   "tiny_cnn,a sample row,1234,1,2.5,\"CPU AVX2, 2 cores\",0.9876,99 %\n")  # fmt: skip
     recipes = tmp_path / "robustness.csv"  # a sample of benchmarks/recipes.py --robustness-csv
     columns = [column for _, _, column in reporting.ROBUSTNESS_COMPARED]
     recipes.write_text(f"recipe,runs,{','.join(columns)}\nclean,4,{','.join(['0.9'] * len(columns))}\n")
@@ -130,7 +130,7 @@ def test_train_evaluate_report_chain_on_tiny_data(tmp_path: Path, processed: Pat
         assert f"## {section}\n" in text and f"<h2>{section}</h2>" in page, section
     assert "![confusion matrix](../figures/confusion_matrix.png)" in text
     assert "No baseline" in text  # tmp_path is no git repository
-    assert "| tiny_cnn | a sample row | 1234 | 1 | 2.5 | 98.76% | 99 % |" in text
+    assert "| tiny_cnn | a sample row | 1234 | 1 | 2.5 | CPU AVX2, 2 cores | 98.76% | 99 % |" in text
     assert "99.77%" in text and "LeCun" in text
     assert "| metric | this run | clean (mean of 4) |" in text and "| held-out font digits |" in text
     assert "| Family A | 20 |" in text and "MNIST-C-style" in text

@@ -161,7 +161,8 @@ def comparison(current: dict[str, dict], baseline: dict[str, dict | None]) -> Ta
 
 def zoo(rows: list[dict[str, str]]) -> Table:
     """The model-zoo table (docs/zoo.csv rows), test accuracy as a percentage."""
-    header = ["model", "description", "parameters", "epochs_run", "train_seconds", "test_accuracy", "notebook_claim"]
+    header = ["model", "description", "parameters", "epochs_run", "train_seconds", "machine", "test_accuracy",
+              "notebook_claim"]  # fmt: skip
 
     def cell(row: dict[str, str], key: str) -> str:
         value = row.get(key) or "—"
