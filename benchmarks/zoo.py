@@ -17,7 +17,7 @@ from pathlib import Path
 import mlflow
 import yaml
 
-from digits import files, tracking
+from digits import augmentations, files, tracking
 
 # What each seed notebook said its model reaches (the notebooks' own words).
 NOTEBOOK_CLAIMS = {
@@ -29,10 +29,6 @@ NOTEBOOK_CLAIMS = {
     "cnn_32_64_keras": "> 95 %",
 }
 FULL_TRAIN_SPLIT = 54_000  # 60k training images less the 10 % validation split
-
-
-ROBUSTNESS_AUGMENTATIONS = ("noise", "blur", "thickness", "outline", "lowres", "erasing", "scribble", "shading",
-                            "contrast")  # fmt: skip
 
 
 def describe(p: dict[str, str]) -> str:
@@ -48,8 +44,10 @@ def describe(p: dict[str, str]) -> str:
         return any(p.get(f"augment.{k}", "0") not in ("0", "0.0") for k in keys)
 
     aug = "aug" if used("rotation_deg", "zoom", "shift") else "no aug"
-    aug += " + elastic" * used("elastic_px") + " + robustness aug" * (used(*ROBUSTNESS_AUGMENTATIONS)
-                                                                     and used("robust_share"))  # fmt: skip
+    if used("elastic_px"):
+        aug += " + elastic"
+    if used(*augmentations.TRANSFORMS) and used("robust_share"):
+        aug += " + robustness aug"
     return f"{arch}; {p['optimizer']} {p['scheduler']}; {aug}; batch {p['batch_size']}"
 
 
