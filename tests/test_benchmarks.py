@@ -1,10 +1,11 @@
 """The benchmark scripts run end to end on tiny data: the multi-seed recipe comparison (with resume), the
 data-path benchmark (ours vs. the per-sample torchvision path), ours vs. PyTorch's MNIST example to a target, time
-to accuracy with its floor, the training loop's speed settings, the app under load and the training augmentations
-(ours vs. kornia)."""
+to accuracy with its floor, the training loop's speed settings, the app under load, the training augmentations
+(ours vs. kornia) and the model-zoo table read from an MLflow store."""
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -16,16 +17,20 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import REPO, clean_env, closed_port, make_idx_dataset
+import yaml
+from helpers import REPO, clean_env, closed_port, make_idx_dataset, store_uri
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
 
-from digits import augmentations, data, device, files, models, params, training
+from digits import augmentations, data, device, files, models, params, tracking, training
 
 TINY = ["--set=device=cpu", "--set=epochs=1", "--set=width=4", "--set=head=8", "--set=batch_size=32",
         "--set=ema_decay=0", "--set=augment.rotation_deg=5"]  # fmt: skip
 
 
-def script(name: str, *args: str, cwd: Path, check: bool = True) -> subprocess.CompletedProcess:
-    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=cwd, env=clean_env(),
+def script(name: str, *args: str, cwd: Path, check: bool = True, env: dict[str, str] | None = None
+           ) -> subprocess.CompletedProcess:  # fmt: skip
+    proc = subprocess.run([sys.executable, str(REPO / "benchmarks" / name), *args], cwd=cwd, env=clean_env(**env or {}),
                           capture_output=True, text=True, timeout=600)  # fmt: skip
     if check and proc.returncode != 0:
         pytest.fail(f"{name} exited {proc.returncode}:\n{proc.stdout}\n{proc.stderr}")
@@ -272,3 +277,54 @@ def test_augment_benchmark_tables(tmp_path: Path) -> None:
     assert "| transform | kornia | batch | own µs/batch | kornia µs/batch | kornia/own |" in table
     for name in (*augmentations.TRANSFORMS, "all of them", "train step"):
         assert f"| {name} |" in table
+
+
+def test_zoo_table_takes_each_models_newest_finished_run_on_the_whole_training_split(tmp_path: Path) -> None:
+    """benchmarks/zoo.py over a real sqlite MLflow store holding runs logged with the train stage's params: per zoo
+    model the newest finished run on all 54,000 training images, described from its params; a small-data or
+    unfinished run is not a result, and a model without a result is "not run"."""
+    shutil.copy(REPO / "params.yaml", tmp_path / "params.yaml")
+    client = MlflowClient(store_uri(tmp_path))
+    experiment = client.create_experiment(tracking.EXPERIMENT)
+
+    def log(model: str, when: int, accuracy: float, train_size: int = 54_000, status: str = "FINISHED") -> None:
+        logged = tracking.flat_params(params.in_use(params.zoo_model(model, tmp_path / "params.yaml")))
+        run_id = client.create_run(experiment, start_time=when).info.run_id
+        client.log_batch(
+            run_id,
+            metrics=[Metric(k, v, when, 0) for k, v in
+                     {"test_accuracy": accuracy, "epochs_run": 3.0, "train_seconds": 12.34}.items()],
+            params=[Param(k, str(v)) for k, v in
+                    {**logged, "n_parameters": 1000 + when, "train_size": train_size}.items()],
+            tags=[RunTag("machine", f"CPU class {when}")],
+        )  # fmt: skip
+        client.set_terminated(run_id, status)
+
+    log("mlp_128_128", 1, 0.97)
+    log("mlp_128_128", 3, 0.9765)  # the newest full-data run: the one listed
+    log("mlp_128_128", 4, 0.5, train_size=200)  # a smoke run on a subset
+    log("mlp_128_128", 5, 0.1, status="FAILED")
+    log("mlp_bn_1024_512_256_128", 2, 0.98744)
+    log("digits_cnn", 2, 0.9946)
+    log("digits_cnn_fast", 2, 0.9898)
+    log("digits_cnn_clean", 2, 0.9957, train_size=200)
+
+    proc = script("zoo.py", f"--out={tmp_path / 'zoo.csv'}", cwd=tmp_path,
+                  env={"MLFLOW_TRACKING_URI": store_uri(tmp_path)})  # fmt: skip
+    rows = {r["model"]: r for r in csv.DictReader((tmp_path / "zoo.csv").open())}
+    assert list(rows) == list(yaml.safe_load((tmp_path / "params.yaml").read_text())["train"]["zoo"])
+    listed = {m: (r["description"], r["parameters"], r["machine"], r["test_accuracy"]) for m, r in rows.items()
+              if r["description"] != "not run"}  # fmt: skip
+    assert listed == {
+        "mlp_128_128": ("MLP 128-128; adam none; no aug; batch 512", "1003", "CPU class 3", "0.9765"),
+        "mlp_bn_1024_512_256_128": ("MLP 1024-512-256-128 + BN; adamw onecycle; no aug; batch 128", "1002",
+                                    "CPU class 2", "0.9874"),
+        "digits_cnn": ("CNN 3×stage w16 + dense 128; adamw onecycle; aug + elastic + robustness aug; batch 128",
+                       "1002", "CPU class 2", "0.9946"),
+        "digits_cnn_fast": ("CNN 3×stage w8 (stride-2 first conv) + dense 128; adamw onecycle; no aug; batch 128",
+                            "1002", "CPU class 2", "0.9898"),
+    }  # fmt: skip
+    assert rows["mlp_128_128"]["notebook_claim"] == "high 90s" and rows["digits_cnn_clean"]["test_accuracy"] == ""
+    newest = "| `mlp_128_128` | MLP 128-128; adam none; no aug; batch 512 | 1003 | 3 | 12.3 | CPU class 3 | 97.65% |"
+    assert newest in proc.stdout
+    assert "| `digits_cnn_clean` | not run |" in proc.stdout
