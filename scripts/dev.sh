@@ -30,8 +30,8 @@ setup() {
     echo "$want" > "$stamp"
 }
 
-# A registry download can break off for good mid-file (PyTorch and its CUDA wheels are several GB): pip resumes a few
-# times on the same connection, then gives up. Each new try here takes the wheels it finished from pip's cache.
+# A registry download can break off mid-file and stay broken (PyTorch and its CUDA wheels are several GB): pip resumes
+# it a few times at once, then gives up. A new try here, after a pause, takes the wheels already finished from its cache.
 with_retries() {
     local try
     for try in 1 2 3; do
