@@ -31,7 +31,7 @@ setup() {
 }
 
 # A registry download can break off mid-file and stay broken (PyTorch and its CUDA wheels are several GB): pip resumes
-# it a few times at once, then gives up. A new try here, after a pause, takes the wheels already finished from its cache.
+# it a few times at once, then gives up. A new try here starts after a pause, on a new connection.
 with_retries() {
     local try
     for try in 1 2 3; do
